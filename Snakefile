@@ -1,0 +1,23 @@
+# geolocsft: geotagged photos -> manifest -> (geo-captions -> SFT dataset -> LoRA) -> predictions
+# -> accuracy tables. Each stage is one rules/<stage>.smk; all logic lives in src/geolocsft/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/ingest.smk"
+include: "rules/baselines.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

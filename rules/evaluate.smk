@@ -1,0 +1,85 @@
+# Score every predictor on every eval set, then one comparison table.
+
+
+rule evaluate:
+    message:
+        "Evaluate {wildcards.predictor} on {wildcards.evalset}"
+    input:
+        predictions="results/predictions/{predictor}/{evalset}.csv",
+        manifest=lambda wildcards: manifest_of(dataset_of(wildcards.evalset)),
+    output:
+        json="results/eval/{predictor}/{evalset}/accuracy.json",
+        csv="results/eval/{predictor}/{evalset}/accuracy.csv",
+        md=report(
+            "results/eval/{predictor}/{evalset}/accuracy.md",
+            category="2. Accuracy",
+            subcategory="{evalset}",
+            caption="../report/accuracy.rst",
+            labels={"predictor": "{predictor}", "eval set": "{evalset}", "table": "accuracy"},
+        ),
+        per_image="results/eval/{predictor}/{evalset}/per_image.csv",
+        per_country=report(
+            "results/eval/{predictor}/{evalset}/per_country.csv",
+            category="2. Accuracy",
+            subcategory="{evalset}",
+            caption="../report/per_country.rst",
+            labels={"predictor": "{predictor}", "eval set": "{evalset}", "table": "per country"},
+        ),
+        error_cdf=report(
+            "results/eval/{predictor}/{evalset}/error_cdf.png",
+            category="3. Plots",
+            subcategory="{evalset}",
+            caption="../report/error_cdf.rst",
+            labels={"predictor": "{predictor}", "eval set": "{evalset}", "plot": "error CDF"},
+        ),
+        world_map=report(
+            "results/eval/{predictor}/{evalset}/world_map.png",
+            category="3. Plots",
+            subcategory="{evalset}",
+            caption="../report/world_map.rst",
+            labels={"predictor": "{predictor}", "eval set": "{evalset}", "plot": "world map"},
+        ),
+    params:
+        settings=config["evaluate"],
+        out_dir=lambda wildcards, output: str(Path(output.json).parent),
+        code=code_version("evaluate", "plots", "geo", "errors", "workflow"),
+    log:
+        "logs/eval/{predictor}-{evalset}.log",
+    benchmark:
+        "results/runtime/eval/{predictor}-{evalset}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule evaluate_summary:
+    message:
+        "One table of every predictor on every eval set"
+    input:
+        expand(
+            "results/eval/{predictor}/{evalset}/accuracy.json",
+            predictor=PREDICTORS,
+            evalset=EVAL_SETS,
+        ),
+    output:
+        csv="results/eval/summary.csv",
+        md=report(
+            "results/eval/summary.md",
+            category="2. Accuracy",
+            caption="../report/summary.rst",
+            labels={"table": "all predictors"},
+        ),
+    params:
+        entries=[
+            {"predictor": p, "evalset": e}
+            for p in PREDICTORS
+            for e in EVAL_SETS
+        ],
+        code=code_version("evaluate", "errors", "workflow"),
+    log:
+        "logs/eval/summary.log",
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/evaluate_summary.py"

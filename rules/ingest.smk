@@ -1,0 +1,58 @@
+rule ingest_corpus:
+    message:
+        "Ingest the corpus {params.name}: check every image, hash it, split train/test"
+    input:
+        unpack(lambda wildcards: dataset_inputs("corpus")),
+    output:
+        manifest="results/manifest.parquet",
+        rejected=report(
+            "results/ingest/rejected.csv",
+            category="1. Ingest",
+            caption="../report/rejected.rst",
+        ),
+        summary="results/ingest/summary.json",
+    params:
+        name=CORPUS["name"],
+        dataset=CORPUS,
+        settings=config["ingest"],
+        split_mode="hash",
+        code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
+    log:
+        "logs/ingest/corpus.log",
+    benchmark:
+        "results/runtime/ingest/corpus.tsv"
+    threads: 2
+    conda:
+        "../envs/ingest.yaml"
+    script:
+        "../scripts/ingest.py"
+
+
+rule ingest_benchmark:
+    message:
+        "Ingest the benchmark {wildcards.benchmark}"
+    input:
+        unpack(lambda wildcards: dataset_inputs(wildcards.benchmark)),
+    output:
+        manifest="results/benchmarks/{benchmark}/manifest.parquet",
+        rejected=report(
+            "results/benchmarks/{benchmark}/rejected.csv",
+            category="1. Ingest",
+            caption="../report/rejected.rst",
+        ),
+        summary="results/benchmarks/{benchmark}/summary.json",
+    params:
+        name=lambda wildcards: wildcards.benchmark,
+        dataset=lambda wildcards: BENCHMARKS[wildcards.benchmark],
+        settings=config["ingest"],
+        split_mode="all_test",
+        code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
+    log:
+        "logs/ingest/benchmark-{benchmark}.log",
+    benchmark:
+        "results/runtime/ingest/benchmark-{benchmark}.tsv"
+    threads: 2
+    conda:
+        "../envs/ingest.yaml"
+    script:
+        "../scripts/ingest.py"

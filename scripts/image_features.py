@@ -1,0 +1,15 @@
+"""Snakemake wrapper: kNN-baseline image features of one dataset's manifest."""
+
+import polars as pl
+
+from geolocsft.baselines import FeatureSettings, compute_features
+from geolocsft.workflow import run_script
+
+
+def main(smk) -> None:
+    manifest = pl.read_parquet(smk.input.manifest)
+    features = compute_features(manifest, FeatureSettings(**smk.params.settings))
+    features.write_parquet(smk.output[0])
+
+
+run_script(snakemake, main)

@@ -1,0 +1,28 @@
+"""Snakemake wrapper: ingest one dataset (see geolocsft.ingest)."""
+
+from pathlib import Path
+
+from geolocsft.ingest import ColumnMap, IngestSettings, ingest, write_outputs
+from geolocsft.workflow import run_script
+
+
+def main(smk) -> None:
+    dataset = smk.params.dataset
+    settings = IngestSettings(**smk.params.settings, workers=smk.threads)
+    result = ingest(
+        images_dir=Path(dataset["images"]),
+        metadata_table=Path(dataset["metadata"]) if dataset.get("metadata") else None,
+        column_map=ColumnMap(**dataset.get("columns", {})),
+        settings=settings,
+        split_mode=smk.params.split_mode,
+        path_base=Path.cwd(),
+    )
+    write_outputs(
+        result,
+        Path(smk.output.manifest),
+        Path(smk.output.rejected),
+        Path(smk.output.summary),
+    )
+
+
+run_script(snakemake, main)

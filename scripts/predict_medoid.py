@@ -1,0 +1,15 @@
+"""Snakemake wrapper: the training-medoid baseline's predictions for one eval set."""
+
+import polars as pl
+
+from geolocsft.baselines import evaluation_targets, predict_medoid, training_rows
+from geolocsft.workflow import run_script
+
+
+def main(smk) -> None:
+    train = training_rows(pl.read_parquet(smk.input.corpus))
+    targets = evaluation_targets(pl.read_parquet(smk.input.targets))
+    predict_medoid(train, targets, seed=smk.params.seed).write_csv(smk.output[0])
+
+
+run_script(snakemake, main)

@@ -1,0 +1,68 @@
+"""Glue between Snakemake and the package: code versions, logging, user-facing errors.
+
+Only this module knows about the ``snakemake`` object's shape; everything else takes plain
+paths and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from geolocsft.errors import GeolocsftError
+
+PACKAGE = "geolocsft"
+
+
+def code_version(*modules: str) -> str:
+    """A short hash of the source of the named ``geolocsft`` modules.
+
+    Snakemake does not track code that a script imports; rules pass this as a ``param`` so that
+    a change to the package code they use makes them rerun (params are a default rerun trigger).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        spec = importlib.util.find_spec(f"{PACKAGE}.{name}")
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"{PACKAGE}.{name} is not a module of the package")
+        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def configure_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
+    """Log to the rule's ``log:`` file (and to stderr, so failures show in Snakemake's output)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+
+def run_script(smk: Any, main: Callable[[Any], None]) -> None:
+    """Run a rule's ``main(snakemake)`` with logging set up and clean user-facing errors.
+
+    A :class:`GeolocsftError` (bad input, bad config) is logged as one clear message, without a
+    traceback, and the job fails with exit status 1. Any other exception is a bug: it is logged
+    with its traceback and re-raised.
+    """
+    configure_logging(smk.log[0] if len(smk.log) else None)
+    logger = logging.getLogger(f"{PACKAGE}.rule.{smk.rule}")
+    try:
+        main(smk)
+    except GeolocsftError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(1) from None
+    except Exception:
+        logger.exception("rule %s failed with an unexpected error (a bug: please report it)", smk.rule)
+        raise

@@ -1,0 +1,275 @@
+"""Ingest: every bad-input case is reported by row/file and reason; nothing valid is dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import (
+    DEMO_IMAGES,
+    write_16bit_tiff,
+    write_photo,
+    write_png_bomb,
+    write_truncated_jpeg,
+)
+from PIL import Image
+
+from geolocsft.errors import GeolocsftError, InputTableError
+from geolocsft.ingest import (
+    ColumnMap,
+    IngestSettings,
+    assign_split,
+    check_table_columns,
+    ingest,
+    normalise_image_id,
+    to_rgb8,
+    unsafe_id_reason,
+    write_outputs,
+)
+
+
+@pytest.fixture
+def messy_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder and table with one example of every bad-input case next to valid rows."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, seed in [
+        ("good_a.jpg", 1),
+        ("good_b.png", 2),
+        ("1000269685_e60e9cdfb4_1125_78841376@N00.jpg", 3),
+        ("lat_high.jpg", 4),
+        ("lon_low.jpg", 5),
+        ("no_coords.jpg", 6),
+        ("nan_coords.jpg", 7),
+        ("dup_conflict.jpg", 8),
+        ("dup_exact.jpg", 9),
+    ]:
+        write_photo(images / name, seed=seed)
+    write_truncated_jpeg(images / "truncated.jpg")
+    write_photo(images / "placeholder.jpg", size=(1, 1))
+    write_png_bomb(images / "bomb.png")
+    write_16bit_tiff(images / "grey16.tif")
+    (images / "not_an_image.jpg").write_bytes(b"<html>404 Not Found</html>")
+    table = tmp_path / "labels.csv"
+    table.write_text(
+        "IMG_ID,LAT,LON\r\n"
+        "good_a.jpg,48.8566,2.3522\r\n"  # row 1
+        "good_b,-33.8688,151.2093\r\n"  # row 2: id without extension
+        "1000269685_e60e9cdfb4_1125_78841376@N00.jpg,32.325436,-64.764404\r\n"  # row 3
+        "lat_high,91.5,10\r\n"  # row 4
+        "lon_low,10,-180.5\r\n"  # row 5
+        "no_coords,,\r\n"  # row 6
+        "nan_coords,NaN,12\r\n"  # row 7
+        "dup_conflict,1,1\r\n"  # row 8
+        "dup_conflict,2,2\r\n"  # row 9
+        "dup_exact,5,5\r\n"  # row 10
+        "dup_exact,5,5\r\n"  # row 11: exact repeat
+        "../../etc/passwd,1,1\r\n"  # row 12
+        "missing_file,1,1\r\n"  # row 13
+        "truncated,1,1\r\n"  # row 14
+        "placeholder,1,1\r\n"  # row 15
+        "bomb,1,1\r\n"  # row 16
+        "grey16,49.18,1.65\r\n"  # row 17
+        "not_an_image,1,1\r\n"  # row 18
+    )
+    return images, table
+
+
+def reasons_by_row(rejected: pl.DataFrame) -> dict[int, str]:
+    return {row: reason for row, reason in rejected.select("row", "reason").iter_rows()}
+
+
+def test_every_bad_row_is_quarantined_with_row_and_reason(messy_dataset):
+    images, table = messy_dataset
+    result = ingest(images, table, ColumnMap(), IngestSettings())
+    reasons = reasons_by_row(result.rejected)
+    assert reasons == {
+        4: "bad_latitude",
+        5: "bad_longitude",
+        6: "missing_coordinates",
+        7: "missing_coordinates",
+        8: "duplicate_id",
+        9: "duplicate_id",
+        11: "duplicate_row",
+        12: "unsafe_id",
+        13: "missing_file",
+        14: "undecodable",
+        15: "too_small",
+        16: "decompression_bomb",
+        18: "undecodable",
+    }
+    # Nothing valid is dropped: the valid rows, the exact duplicate's first copy, the 16-bit TIFF.
+    assert sorted(result.manifest["image_id"]) == sorted(
+        ["good_a", "good_b", "1000269685_e60e9cdfb4_1125_78841376@N00", "dup_exact", "grey16"]
+    )
+    details = dict(result.rejected.select("row", "detail").iter_rows())
+    assert "91.5" in details[4] and "[-90, 90]" in details[4]
+    assert "escape" in details[12]
+    assert "1x1" in details[15]
+    assert "2500000000 pixels" in details[16]
+    assert set(result.rejected["source"]) == {str(table)}
+
+
+def test_manifest_rows_carry_hash_size_format_and_country(messy_dataset):
+    images, table = messy_dataset
+    manifest = ingest(images, table, ColumnMap(), IngestSettings()).manifest
+    paris = manifest.filter(pl.col("image_id") == "good_a").row(0, named=True)
+    import hashlib
+
+    assert paris["sha256"] == hashlib.sha256((images / "good_a.jpg").read_bytes()).hexdigest()
+    assert (paris["width"], paris["height"], paris["format"]) == (96, 64, "JPEG")
+    assert paris["country_code"] == "FR" and paris["coord_source"] == "table"
+    assert paris["source_row"] == 1
+    bermuda = manifest.filter(pl.col("image_id").str.contains("@")).row(0, named=True)
+    assert bermuda["country_code"] == "BM"
+    assert manifest.filter(pl.col("image_id") == "grey16")["mode"].item() == "I;16"
+
+
+def test_fail_policy_stops_with_every_problem_named(messy_dataset):
+    images, table = messy_dataset
+    with pytest.raises(GeolocsftError) as excinfo:
+        ingest(images, table, ColumnMap(), IngestSettings(on_bad_input="fail"))
+    message = str(excinfo.value)
+    assert "13 unusable" in message
+    assert f"{table}, row 4" in message and "bad_latitude" in message
+    assert "row 13" in message and "missing_file" in message
+    assert "truncated" in message and "undecodable" in message
+
+
+def test_high_bit_depth_can_be_rejected_and_converts_without_clipping(tmp_path):
+    tiff = write_16bit_tiff(tmp_path / "grey16.tif")
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\ngrey16,49.18,1.65\n")
+    with pytest.raises(GeolocsftError, match="high_bit_depth"):
+        ingest(tmp_path, table, ColumnMap(), IngestSettings(high_bit_depth="reject"))
+    with Image.open(tiff) as image:
+        rgb = to_rgb8(image)
+    assert rgb.mode == "RGB"
+    extrema = rgb.convert("L").getextrema()
+    assert extrema[0] < 10 and extrema[1] > 245  # rescaled to the full 8-bit range
+
+
+def test_exif_gps_of_the_demo_photos_matches_their_source_metadata():
+    result = ingest(DEMO_IMAGES, None, ColumnMap(), IngestSettings())
+    assert result.rejected.height == 0
+    assert result.manifest.height == len(list(DEMO_IMAGES.iterdir())) - 0
+    rome = result.manifest.filter(pl.col("image_id") == "Apple_iPhone_4").row(0, named=True)
+    assert rome["lat"] == pytest.approx(41.853, abs=1e-5)
+    assert rome["lon"] == pytest.approx(12.488833, abs=1e-5)
+    assert rome["country_code"] == "IT" and rome["coord_source"] == "exif"
+    assert set(result.manifest["coord_source"]) == {"exif"}
+
+
+def test_images_without_exif_gps_are_reported_when_no_table_is_given(tmp_path):
+    write_photo(tmp_path / "plain.jpg")
+    with pytest.raises(GeolocsftError, match="no_exif_gps"):
+        ingest(tmp_path, None, ColumnMap(), IngestSettings())
+
+
+@pytest.mark.parametrize(
+    ("header", "columns"),
+    [
+        ("image_id,lat,lon", ColumnMap()),
+        ("id,latitude,longitude", ColumnMap()),
+        ("IMG_ID,LAT,LON", ColumnMap()),
+        ("name,Latitude,lng", ColumnMap()),
+        ("photo,y_deg,x_deg", ColumnMap(id="photo", lat="y_deg", lon="x_deg")),
+    ],
+)
+def test_real_dataset_column_names_are_recognised(tmp_path, header, columns):
+    write_photo(tmp_path / "img" / "a b@N00.jpg")
+    table = tmp_path / "t.csv"
+    table.write_text(f"{header}\na b@N00.jpg,10.5,-20.25\n")
+    manifest = ingest(tmp_path / "img", table, columns, IngestSettings()).manifest
+    assert manifest.select("image_id", "lat", "lon").row(0) == ("a b@N00", 10.5, -20.25)
+
+
+def test_parquet_table_with_file_column_relative_to_the_table(tmp_path):
+    write_photo(tmp_path / "data" / "pics" / "x.webp")
+    table = tmp_path / "data" / "meta.parquet"
+    pl.DataFrame({"file": ["pics/x.webp"], "lat": [1.0], "lon": [2.0]}).write_parquet(table)
+    manifest = ingest(tmp_path / "elsewhere", table, ColumnMap(), IngestSettings()).manifest
+    assert manifest.select("image_id", "format").row(0) == ("x", "WEBP")
+
+
+def test_missing_columns_name_the_table_and_its_columns(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("picture,where\na,b\n")
+    with pytest.raises(InputTableError) as excinfo:
+        check_table_columns(table, ColumnMap())
+    message = str(excinfo.value)
+    assert str(table) in message and "no lat column" in message and "picture, where" in message
+    with pytest.raises(InputTableError, match="'latitude_deg' .columns.lat in config. is not"):
+        check_table_columns(table, ColumnMap(lat="latitude_deg"))
+
+
+def test_unlabelled_images_are_counted_not_ingested(tmp_path):
+    write_photo(tmp_path / "a.jpg")
+    write_photo(tmp_path / "stray.jpg")
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\na,1,2\n")
+    result = ingest(tmp_path, table, ColumnMap(), IngestSettings())
+    assert result.manifest["image_id"].to_list() == ["a"]
+    assert result.summary["unlabelled_images"] == 1
+    assert result.summary["unlabelled_examples"] == ["stray.jpg"]
+
+
+def test_split_is_deterministic_and_stable_when_images_are_added():
+    ids = [f"img{i:04d}" for i in range(2000)]
+    first = assign_split(ids, 0.2, "salt")
+    grown = assign_split([*ids, *(f"new{i}" for i in range(500))], 0.2, "salt")
+    assert grown[: len(ids)] == first
+    assert 0.17 < first.count("test") / len(ids) < 0.23
+    assert assign_split(ids, 0.2, "other salt") != first
+
+
+def test_id_rules():
+    assert normalise_image_id(" 123_abc@N00.JPG ") == "123_abc@N00"
+    assert normalise_image_id("archive.tar") == "archive.tar"
+    for bad in ["../x", "a/b", "a\\b", ".hidden", "", "tab\there"]:
+        assert unsafe_id_reason(bad)
+    assert unsafe_id_reason("Zürich 2019 @home") is None
+
+
+def test_outputs_are_written(tmp_path, messy_dataset):
+    images, table = messy_dataset
+    result = ingest(images, table, ColumnMap(), IngestSettings())
+    out = tmp_path / "out"
+    write_outputs(result, out / "m.parquet", out / "rejected.csv", out / "summary.json")
+    assert pl.read_parquet(out / "m.parquet").height == 5
+    rejected = pl.read_csv(out / "rejected.csv")
+    assert rejected.columns == ["source", "row", "image_id", "path", "reason", "detail"]
+    assert rejected.height == 13
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rejected_by_reason"]["missing_coordinates"] == 2
+
+
+def test_im2gps3k_label_file_with_ids_carrying_extensions(shared_dir):
+    sample = shared_dir / "data" / "im2gps3k-sample"
+    result = ingest(
+        sample / "images",
+        sample / "im2gps3k_all_metadata.csv",
+        ColumnMap(id="IMG_ID"),
+        IngestSettings(),
+        split_mode="all_test",
+    )
+    assert result.manifest.height == 200
+    assert set(result.manifest["split"]) == {"test"}
+    assert result.manifest["image_id"].str.contains("@").all()
+    # Labels whose photo is not in the 200-image sample are reported, not silently dropped.
+    assert result.summary["rejected_by_reason"] == {"missing_file": 2797}
+
+
+def test_configured_pixel_limit_rejects_before_decoding(tmp_path):
+    write_photo(tmp_path / "big.jpg", size=(120, 100))
+    write_photo(tmp_path / "ok.jpg", size=(40, 40))
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\nbig,1,1\nok,1,1\n")
+    result = ingest(tmp_path, table, ColumnMap(), IngestSettings(max_image_pixels=5000))
+    assert result.manifest["image_id"].to_list() == ["ok"]
+    row = result.rejected.row(0, named=True)
+    assert row["reason"] == "decompression_bomb"
+    assert "120x100 = 12,000 pixels exceeds ingest.max_image_pixels = 5,000" in row["detail"]

@@ -1,0 +1,191 @@
+"""The whole DAG, run by the real Snakemake on a copy of the workflow in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from conftest import REPO, write_photo
+
+pytestmark = pytest.mark.workflow
+
+WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "src", "config", "envs", "report", "profiles")
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def copy_workflow(dest: Path, with_demo: bool = True) -> Path:
+    """A self-contained copy of the workflow (and the demo images) to run and modify."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for part in WORKFLOW_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, dest / part, ignore=ignore)
+        else:
+            shutil.copy2(source, dest / part)
+    if with_demo:
+        shutil.copytree(REPO / "data" / "demo", dest / "data" / "demo")
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_config(workdir: Path, **changes: object) -> Path:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config.update(changes)
+    path = workdir / "config" / "test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo workflow run once to completion; tests below only read its results."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    snakemake(workdir)
+    return workdir
+
+
+def test_demo_produces_manifest_predictions_and_accuracy_tables(demo_run):
+    manifest = pl.read_parquet(demo_run / "results" / "manifest.parquet")
+    assert manifest.height == 20 and set(manifest["coord_source"]) == {"exif"}
+    n_test = manifest.filter(pl.col("split") == "test").height
+    assert 0 < n_test < 20
+    for predictor in ("medoid", "knn"):
+        predictions = pl.read_csv(demo_run / "results" / "predictions" / predictor / "holdout.csv")
+        assert predictions.columns[:5] == ["image_id", "pred_lat", "pred_lon", "true_lat", "true_lon"]
+        assert predictions.height == n_test
+        folder = demo_run / "results" / "eval" / predictor / "holdout"
+        accuracy = json.loads((folder / "accuracy.json").read_text())
+        assert accuracy["n"] == n_test and accuracy["answered"] == n_test
+        for key in ("acc@1km", "acc@25km", "acc@200km", "acc@750km", "acc@2500km"):
+            assert 0.0 <= accuracy[key] <= 100.0
+        for name in ("error_cdf.png", "world_map.png", "accuracy.md", "per_country.csv"):
+            assert (folder / name).stat().st_size > 0
+    summary = pl.read_csv(demo_run / "results" / "eval" / "summary.csv")
+    assert summary.height == 2
+    assert (demo_run / "logs" / "ingest" / "corpus.log").is_file()
+
+
+def test_medoid_baseline_predicts_a_training_location(demo_run):
+    manifest = pl.read_parquet(demo_run / "results" / "manifest.parquet")
+    train = manifest.filter(pl.col("split") == "train").select("lat", "lon").rows()
+    predictions = pl.read_csv(demo_run / "results" / "predictions" / "medoid" / "holdout.csv")
+    answers = set(predictions.select("pred_lat", "pred_lon").rows())
+    assert len(answers) == 1 and answers.pop() in set(train)
+
+
+def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf", with_demo=False)
+    shutil.copytree(demo_run / "data", workdir / "data")
+    for kept in ("results", "logs", ".snakemake"):
+        shutil.copytree(demo_run / kept, workdir / kept, symlinks=True)
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    with (workdir / "src" / "geolocsft" / "evaluate.py").open("a") as module:
+        module.write("\n# a change to the evaluation code\n")
+    dry_run = snakemake(workdir, "-n").stdout
+    assert "rule evaluate:" in dry_run and "rule evaluate_summary:" in dry_run
+    assert "rule ingest_corpus:" not in dry_run and "rule predict_knn:" not in dry_run
+
+
+def test_adding_an_image_reruns_ingest_and_keeps_existing_splits(demo_run, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf", with_demo=False)
+    shutil.copytree(demo_run / "data", workdir / "data")
+    for kept in ("results", "logs", ".snakemake"):
+        shutil.copytree(demo_run / kept, workdir / kept, symlinks=True)
+    before = pl.read_parquet(workdir / "results" / "manifest.parquet")
+    from PIL import Image
+
+    with Image.open(workdir / "data/demo/images/HTC_Desire.jpg") as source:
+        exif = source.getexif()
+        source.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+            workdir / "data/demo/images/HTC_Desire_mirrored.jpg", exif=exif.tobytes()
+        )
+    assert "rule ingest_corpus:" in snakemake(workdir, "-n").stdout
+    snakemake(workdir, "--until", "ingest_corpus")
+    after = pl.read_parquet(workdir / "results" / "manifest.parquet")
+    assert after.height == before.height + 1
+    joined = before.join(after, on="image_id", suffix="_after")
+    assert (joined["split"] == joined["split_after"]).all()
+
+
+def test_quarantined_rows_reach_the_report_and_fail_policy_names_them(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf", with_demo=False)
+    images = workdir / "photos"
+    for i in range(6):
+        write_photo(images / f"p{i}.jpg", seed=i)
+    write_photo(images / "tiny.jpg", size=(1, 1))
+    (workdir / "labels.csv").write_text(
+        "id,lat,lon\n"
+        + "".join(f"p{i},{10 + i},{20 + i}\n" for i in range(6))
+        + "tiny,1,1\nghost,1,1\np0,95,1\n"
+    )
+    corpus = {"name": "t", "images": "photos", "metadata": "labels.csv"}
+    config = write_config(workdir, corpus=corpus, ingest={"test_fraction": 0.5})
+    snakemake(workdir, "--configfile", str(config), "--until", "ingest_corpus")
+    rejected = pl.read_csv(workdir / "results" / "ingest" / "rejected.csv")
+    assert sorted(rejected["reason"]) == ["duplicate_id", "duplicate_id", "missing_file", "too_small"]
+
+    config = write_config(
+        workdir, corpus=corpus, ingest={"test_fraction": 0.5, "on_bad_input": "fail"}
+    )
+    failed = snakemake(workdir, "--configfile", str(config), "--forceall", "--until",
+                       "ingest_corpus", check=False)
+    assert failed.returncode != 0
+    log = (workdir / "logs" / "ingest" / "corpus.log").read_text()
+    assert "labels.csv, row 8: image 'ghost'" in log and "missing_file" in log
+    assert "Traceback" not in log and "Traceback" not in failed.stderr
+
+
+def test_bad_config_and_bad_table_columns_fail_at_parse_time(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf", with_demo=True)
+    config = write_config(workdir, ingest={"on_bad_input": "ignore"})
+    result = snakemake(workdir, "--configfile", str(config), "-n", check=False)
+    assert result.returncode != 0 and "on_bad_input" in result.stderr
+    (workdir / "t.csv").write_text("photo,where\n")
+    corpus = {"images": "data/demo/images", "metadata": "t.csv"}
+    result = snakemake(workdir, "--configfile", str(write_config(workdir, corpus=corpus)), "-n",
+                       check=False)
+    assert result.returncode != 0
+    assert "corpus.metadata: t.csv: no lat column" in result.stderr
+
+
+def test_im2gps3k_sample_as_a_benchmark(shared_dir, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    sample = shared_dir / "data" / "im2gps3k-sample"
+    config = write_config(
+        workdir,
+        benchmarks={
+            "im2gps3k": {"images": str(sample / "images"), "metadata": str(sample / "metadata.csv")}
+        },
+    )
+    snakemake(workdir, "--configfile", str(config))
+    manifest = pl.read_parquet(workdir / "results" / "benchmarks" / "im2gps3k" / "manifest.parquet")
+    assert manifest.height == 200 and manifest["image_id"].str.contains("@").all()
+    accuracy = json.loads(
+        (workdir / "results" / "eval" / "knn" / "im2gps3k" / "accuracy.json").read_text()
+    )
+    assert accuracy["n"] == 200
+    summary = pl.read_csv(workdir / "results" / "eval" / "summary.csv")
+    assert summary.height == 4
