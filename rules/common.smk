@@ -20,7 +20,6 @@ from geolocsft.errors import GeolocsftError
 from geolocsft.ingest import IMAGE_SUFFIXES, ColumnMap, check_table_columns
 from geolocsft.workflow import code_version
 
-
 validate(config, "../config/schema/config.schema.yaml")
 
 CORPUS = config["corpus"]
@@ -36,7 +35,9 @@ def _check_dataset(label, dataset):
         raise WorkflowError(f"{label}.images: image folder {images} not found")
     if dataset.get("metadata"):
         try:
-            check_table_columns(Path(dataset["metadata"]), ColumnMap(**dataset["columns"]))
+            check_table_columns(
+                Path(dataset["metadata"]), ColumnMap(**dataset["columns"])
+            )
         except GeolocsftError as exc:
             raise WorkflowError(f"{label}.metadata: {exc}") from None
 

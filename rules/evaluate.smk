@@ -2,8 +2,6 @@
 
 
 rule evaluate:
-    message:
-        "Evaluate {wildcards.predictor} on {wildcards.evalset}"
     input:
         predictions="results/predictions/{predictor}/{evalset}.csv",
         manifest=lambda wildcards: manifest_of(dataset_of(wildcards.evalset)),
@@ -15,7 +13,11 @@ rule evaluate:
             category="2. Accuracy",
             subcategory="{evalset}",
             caption="../report/accuracy.rst",
-            labels={"predictor": "{predictor}", "eval set": "{evalset}", "table": "accuracy"},
+            labels={
+                "predictor": "{predictor}",
+                "eval set": "{evalset}",
+                "table": "accuracy",
+            },
         ),
         per_image="results/eval/{predictor}/{evalset}/per_image.csv",
         per_country=report(
@@ -23,39 +25,51 @@ rule evaluate:
             category="2. Accuracy",
             subcategory="{evalset}",
             caption="../report/per_country.rst",
-            labels={"predictor": "{predictor}", "eval set": "{evalset}", "table": "per country"},
+            labels={
+                "predictor": "{predictor}",
+                "eval set": "{evalset}",
+                "table": "per country",
+            },
         ),
         error_cdf=report(
             "results/eval/{predictor}/{evalset}/error_cdf.png",
             category="3. Plots",
             subcategory="{evalset}",
             caption="../report/error_cdf.rst",
-            labels={"predictor": "{predictor}", "eval set": "{evalset}", "plot": "error CDF"},
+            labels={
+                "predictor": "{predictor}",
+                "eval set": "{evalset}",
+                "plot": "error CDF",
+            },
         ),
         world_map=report(
             "results/eval/{predictor}/{evalset}/world_map.png",
             category="3. Plots",
             subcategory="{evalset}",
             caption="../report/world_map.rst",
-            labels={"predictor": "{predictor}", "eval set": "{evalset}", "plot": "world map"},
+            labels={
+                "predictor": "{predictor}",
+                "eval set": "{evalset}",
+                "plot": "world map",
+            },
         ),
-    params:
-        settings=config["evaluate"],
-        out_dir=lambda wildcards, output: str(Path(output.json).parent),
-        code=code_version("evaluate", "plots", "geo", "errors", "workflow"),
     log:
         "logs/eval/{predictor}-{evalset}.log",
     benchmark:
         "results/runtime/eval/{predictor}-{evalset}.tsv"
     conda:
         "../envs/evaluate.yaml"
+    params:
+        settings=config["evaluate"],
+        out_dir=lambda wildcards, output: str(Path(output.json).parent),
+        code=code_version("evaluate", "plots", "geo", "errors", "workflow"),
+    message:
+        "Evaluate {wildcards.predictor} on {wildcards.evalset}"
     script:
         "../scripts/evaluate.py"
 
 
 rule evaluate_summary:
-    message:
-        "One table of every predictor on every eval set"
     input:
         expand(
             "results/eval/{predictor}/{evalset}/accuracy.json",
@@ -70,16 +84,14 @@ rule evaluate_summary:
             caption="../report/summary.rst",
             labels={"table": "all predictors"},
         ),
-    params:
-        entries=[
-            {"predictor": p, "evalset": e}
-            for p in PREDICTORS
-            for e in EVAL_SETS
-        ],
-        code=code_version("evaluate", "errors", "workflow"),
     log:
         "logs/eval/summary.log",
     conda:
         "../envs/evaluate.yaml"
+    params:
+        entries=[{"predictor": p, "evalset": e} for p in PREDICTORS for e in EVAL_SETS],
+        code=code_version("evaluate", "errors", "workflow"),
+    message:
+        "One table of every predictor on every eval set"
     script:
         "../scripts/evaluate_summary.py"

@@ -1,6 +1,4 @@
 rule ingest_corpus:
-    message:
-        "Ingest the corpus {params.name}: check every image, hash it, split train/test"
     input:
         unpack(lambda wildcards: dataset_inputs("corpus")),
     output:
@@ -11,26 +9,26 @@ rule ingest_corpus:
             caption="../report/rejected.rst",
         ),
         summary="results/ingest/summary.json",
+    log:
+        "logs/ingest/corpus.log",
+    benchmark:
+        "results/runtime/ingest/corpus.tsv"
+    conda:
+        "../envs/ingest.yaml"
+    threads: 2
     params:
         name=CORPUS["name"],
         dataset=CORPUS,
         settings=config["ingest"],
         split_mode="hash",
         code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
-    log:
-        "logs/ingest/corpus.log",
-    benchmark:
-        "results/runtime/ingest/corpus.tsv"
-    threads: 2
-    conda:
-        "../envs/ingest.yaml"
+    message:
+        "Ingest the corpus {params.name}: check every image, hash it, split train/test"
     script:
         "../scripts/ingest.py"
 
 
 rule ingest_benchmark:
-    message:
-        "Ingest the benchmark {wildcards.benchmark}"
     input:
         unpack(lambda wildcards: dataset_inputs(wildcards.benchmark)),
     output:
@@ -41,18 +39,20 @@ rule ingest_benchmark:
             caption="../report/rejected.rst",
         ),
         summary="results/benchmarks/{benchmark}/summary.json",
+    log:
+        "logs/ingest/benchmark-{benchmark}.log",
+    benchmark:
+        "results/runtime/ingest/benchmark-{benchmark}.tsv"
+    conda:
+        "../envs/ingest.yaml"
+    threads: 2
     params:
         name=lambda wildcards: wildcards.benchmark,
         dataset=lambda wildcards: BENCHMARKS[wildcards.benchmark],
         settings=config["ingest"],
         split_mode="all_test",
         code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
-    log:
-        "logs/ingest/benchmark-{benchmark}.log",
-    benchmark:
-        "results/runtime/ingest/benchmark-{benchmark}.tsv"
-    threads: 2
-    conda:
-        "../envs/ingest.yaml"
+    message:
+        "Ingest the benchmark {wildcards.benchmark}"
     script:
         "../scripts/ingest.py"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from geolocsft.evaluate import EvaluationSettings, evaluate_file
+
 from geolocsft.workflow import run_script
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from geolocsft.evaluate import write_summary
+
 from geolocsft.workflow import run_script
 
 

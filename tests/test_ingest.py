@@ -200,7 +200,7 @@ def test_missing_columns_name_the_table_and_its_columns(tmp_path):
         check_table_columns(table, ColumnMap())
     message = str(excinfo.value)
     assert str(table) in message and "no lat column" in message and "picture, where" in message
-    with pytest.raises(InputTableError, match="'latitude_deg' .columns.lat in config. is not"):
+    with pytest.raises(InputTableError, match=r"'latitude_deg' \(columns.lat in config\) is not"):
         check_table_columns(table, ColumnMap(lat="latitude_deg"))
 
 

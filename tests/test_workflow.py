@@ -74,7 +74,13 @@ def test_demo_produces_manifest_predictions_and_accuracy_tables(demo_run):
     assert 0 < n_test < 20
     for predictor in ("medoid", "knn"):
         predictions = pl.read_csv(demo_run / "results" / "predictions" / predictor / "holdout.csv")
-        assert predictions.columns[:5] == ["image_id", "pred_lat", "pred_lon", "true_lat", "true_lon"]
+        assert predictions.columns[:5] == [
+            "image_id",
+            "pred_lat",
+            "pred_lon",
+            "true_lat",
+            "true_lon",
+        ]
         assert predictions.height == n_test
         folder = demo_run / "results" / "eval" / predictor / "holdout"
         accuracy = json.loads((folder / "accuracy.json").read_text())
@@ -145,13 +151,19 @@ def test_quarantined_rows_reach_the_report_and_fail_policy_names_them(tmp_path):
     config = write_config(workdir, corpus=corpus, ingest={"test_fraction": 0.5})
     snakemake(workdir, "--configfile", str(config), "--until", "ingest_corpus")
     rejected = pl.read_csv(workdir / "results" / "ingest" / "rejected.csv")
-    assert sorted(rejected["reason"]) == ["duplicate_id", "duplicate_id", "missing_file", "too_small"]
+    assert sorted(rejected["reason"]) == [
+        "duplicate_id",
+        "duplicate_id",
+        "missing_file",
+        "too_small",
+    ]
 
     config = write_config(
         workdir, corpus=corpus, ingest={"test_fraction": 0.5, "on_bad_input": "fail"}
     )
-    failed = snakemake(workdir, "--configfile", str(config), "--forceall", "--until",
-                       "ingest_corpus", check=False)
+    failed = snakemake(
+        workdir, "--configfile", str(config), "--forceall", "--until", "ingest_corpus", check=False
+    )
     assert failed.returncode != 0
     log = (workdir / "logs" / "ingest" / "corpus.log").read_text()
     assert "labels.csv, row 8: image 'ghost'" in log and "missing_file" in log
@@ -165,8 +177,9 @@ def test_bad_config_and_bad_table_columns_fail_at_parse_time(tmp_path):
     assert result.returncode != 0 and "on_bad_input" in result.stderr
     (workdir / "t.csv").write_text("photo,where\n")
     corpus = {"images": "data/demo/images", "metadata": "t.csv"}
-    result = snakemake(workdir, "--configfile", str(write_config(workdir, corpus=corpus)), "-n",
-                       check=False)
+    result = snakemake(
+        workdir, "--configfile", str(write_config(workdir, corpus=corpus)), "-n", check=False
+    )
     assert result.returncode != 0
     assert "corpus.metadata: t.csv: no lat column" in result.stderr
 

@@ -115,7 +115,10 @@ def predict_medoid(train: pl.DataFrame, targets: pl.DataFrame, seed: int = 0) ->
         pick = np.random.default_rng(seed).choice(len(lat), MEDOID_SAMPLE, replace=False)
         lat, lon = lat[pick], lon[pick]
     best = geodesic_medoid_index(lat, lon)
-    answer = f"training-set geodesic medoid of {train.height} images: lat {lat[best]:.6f}, lon {lon[best]:.6f}"
+    answer = (
+        f"training-set geodesic medoid of {train.height} images: "
+        f"lat {lat[best]:.6f}, lon {lon[best]:.6f}"
+    )
     n = targets.height
     return _prediction_table(targets, np.full(n, lat[best]), np.full(n, lon[best]), [answer] * n)
 
@@ -161,4 +164,3 @@ def predict_knn(
 def evaluation_targets(manifest: pl.DataFrame) -> pl.DataFrame:
     """The images to predict: the test split (a benchmark manifest is all test)."""
     return manifest.filter(pl.col("split") == "test")
-

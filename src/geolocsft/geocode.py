@@ -50,9 +50,7 @@ def _places() -> tuple[pl.DataFrame, object]:
     return places, tree
 
 
-def reverse_geocode(
-    lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 100.0
-) -> pl.DataFrame:
+def reverse_geocode(lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 100.0) -> pl.DataFrame:
     """Nearest GeoNames place per point, as columns :data:`GEOCODE_COLUMNS`.
 
     ``country_code``, ``admin1`` and ``admin2`` are null where the nearest place is farther than

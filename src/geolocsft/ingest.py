@@ -374,7 +374,10 @@ def inspect_image(
         return "undecodable", "not an image format Pillow can read"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses headers beyond twice its own limit before we see the size.
-        return "decompression_bomb", f"{exc} (ingest.max_image_pixels = {settings.max_image_pixels:,})"
+        return (
+            "decompression_bomb",
+            f"{exc} (ingest.max_image_pixels = {settings.max_image_pixels:,})",
+        )
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return "undecodable", f"decoding failed: {exc}"
     return ImageFacts(
@@ -458,7 +461,12 @@ def _candidates_from_table(
         image_id = normalise_image_id(raw_id)
 
         def reject(
-            reason: str, detail: str, path: str | None = None, *, _row: int = row, _id: str = image_id
+            reason: str,
+            detail: str,
+            path: str | None = None,
+            *,
+            _row: int = row,
+            _id: str = image_id,
         ) -> None:
             rejections.append(Rejection(source, _row, _id or None, path, reason, detail))
 
@@ -544,7 +552,11 @@ def _split_duplicates(
             for dup in group[1:]:
                 rejections.append(
                     Rejection(
-                        source, dup.source_row, image_id, dup.path.as_posix(), "duplicate_row",
+                        source,
+                        dup.source_row,
+                        image_id,
+                        dup.path.as_posix(),
+                        "duplicate_row",
                         f"an identical copy of row {group[0].source_row} (kept there)",
                     )
                 )
@@ -552,7 +564,11 @@ def _split_duplicates(
             for dup in group:
                 rejections.append(
                     Rejection(
-                        source, dup.source_row, image_id, dup.path.as_posix(), "duplicate_id",
+                        source,
+                        dup.source_row,
+                        image_id,
+                        dup.path.as_posix(),
+                        "duplicate_id",
                         f"the id is used by several rows/files with different files or "
                         f"coordinates ({rows}); none is kept because which is right is unknown",
                     )
@@ -618,9 +634,12 @@ def ingest(
             if lat is None or lon is None or not valid_coordinates(lat, lon):
                 rejections.append(
                     Rejection(
-                        source, None, cand.image_id, shown_path, "no_exif_gps",
-                        "no metadata table was given and the image has no usable EXIF GPS "
-                        "position",
+                        source,
+                        None,
+                        cand.image_id,
+                        shown_path,
+                        "no_exif_gps",
+                        "no metadata table was given and the image has no usable EXIF GPS position",
                     )
                 )
                 continue
@@ -688,7 +707,8 @@ def _summary(
         "rejected_by_reason": dict(Counter(rejected["reason"].to_list()).most_common()),
         "split_mode": split_mode,
         "splits": dict(Counter(manifest["split"].to_list()).most_common()),
-        "countries": manifest["country_code"].n_unique() - int(manifest["country_code"].has_nulls()),
+        "countries": manifest["country_code"].n_unique()
+        - int(manifest["country_code"].has_nulls()),
         "without_country": int(manifest["country_code"].null_count()),
         "identical_bytes_groups": same_bytes,
         "unlabelled_images": len(unlabelled),

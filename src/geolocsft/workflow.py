@@ -64,5 +64,7 @@ def run_script(smk: Any, main: Callable[[Any], None]) -> None:
         logger.error("%s", exc)
         raise SystemExit(1) from None
     except Exception:
-        logger.exception("rule %s failed with an unexpected error (a bug: please report it)", smk.rule)
+        logger.exception(
+            "rule %s failed with an unexpected error (a bug: please report it)", smk.rule
+        )
         raise
