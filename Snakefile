@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/ingest.smk"
+include: "rules/geocaption.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 

@@ -16,6 +16,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(SRC_DIR), os.environ.get("PYTHONPATH", "")) if p
 )
 
+from geolocsft.captions.stage import captioner_name
 from geolocsft.errors import GeolocsftError
 from geolocsft.ingest import IMAGE_SUFFIXES, ColumnMap, check_table_columns
 from geolocsft.workflow import code_version
@@ -25,6 +26,9 @@ validate(config, "../config/schema/config.schema.yaml")
 CORPUS = config["corpus"]
 BENCHMARKS = config["benchmarks"]
 EVAL_SETS = ["holdout", *BENCHMARKS]
+CAPTIONS = config["captions"]
+CAPTIONER = captioner_name(CAPTIONS)
+CAPTION_DIR = f"results/geocaptions/{CAPTIONER}/{CAPTIONS['prompt_version']}"
 BASELINES = config["baselines"]["predictors"]
 PREDICTORS = [*BASELINES]
 
@@ -96,7 +100,7 @@ def eval_outputs(predictor, evalset):
 
 
 def all_targets():
-    targets = ["results/eval/summary.csv", "results/eval/summary.md"]
+    targets = ["results/eval/summary.csv", "results/eval/summary.md", f"{CAPTION_DIR}/index.csv"]
     targets += expand(
         "results/eval/{predictor}/{evalset}/accuracy.json",
         predictor=PREDICTORS,

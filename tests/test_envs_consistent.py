@@ -12,7 +12,12 @@ from conftest import REPO
 # conda-forge names that differ from the PyPI names used in pyproject.toml.
 CONDA_TO_PYPI = {"matplotlib-base": "matplotlib"}
 # Stage environments and the pyproject extra each one mirrors.
-STAGES = {"ingest": "ingest", "baselines": "baselines", "evaluate": "evaluate"}
+STAGES = {
+    "ingest": "ingest",
+    "captions": "captions",
+    "baselines": "baselines",
+    "evaluate": "evaluate",
+}
 
 
 def normalise(name: str) -> str:

@@ -1,0 +1,175 @@
+"""Benchmark of the evaluate stage on synthetic predictions (default: 1,000,000 rows).
+
+    .venv/bin/python benchmarks/evaluate.py [--rows N] [--repeats K] [--workdir DIR]
+
+Makes a prediction CSV with a fixed seed (true points uniform on the sphere; ~2% unanswered
+rows written as empty, ``nan`` or ``unknown``; errors log-uniform from 10 m to 20,000 km in a
+random direction; a ``country_code`` column of 200 codes), then times, ``repeats`` times each:
+
+* ``metrics (in memory)``: distances + Acc@R + bootstrap from float arrays;
+* ``per-country table (in memory)``;
+* ``evaluate_file, no plots``: read the CSV, score, write every table;
+* ``evaluate_file, with plots``: the same plus error_cdf.png and world_map.png.
+
+and prints median and minimum seconds per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from geolocsft.evaluate import (
+    EvaluationSettings,
+    PredictionArrays,
+    compute_distances,
+    compute_metrics,
+    evaluate_file,
+    per_country_table,
+)
+from geolocsft.geo import MEAN_EARTH_RADIUS_KM
+
+GOAL_S = 2.0
+
+
+def synthetic_predictions(rows: int, seed: int = 0) -> pl.DataFrame:
+    """A prediction table as text, the way a predictor writes it."""
+    rng = np.random.default_rng(seed)
+    true_lat = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, rows)))
+    true_lon = rng.uniform(-180.0, 180.0, rows)
+    # Destination at a log-uniform distance and a random bearing, on the sphere.
+    angle = 10.0 ** rng.uniform(-2.0, np.log10(20_000.0), rows) / MEAN_EARTH_RADIUS_KM
+    bearing = rng.uniform(0.0, 2.0 * np.pi, rows)
+    phi1, lam1 = np.radians(true_lat), np.radians(true_lon)
+    phi2 = np.arcsin(np.sin(phi1) * np.cos(angle) + np.cos(phi1) * np.sin(angle) * np.cos(bearing))
+    lam2 = lam1 + np.arctan2(
+        np.sin(bearing) * np.sin(angle) * np.cos(phi1),
+        np.cos(angle) - np.sin(phi1) * np.sin(phi2),
+    )
+    pred_lat = np.degrees(phi2)
+    pred_lon = (np.degrees(lam2) + 180.0) % 360.0 - 180.0
+    unanswered = rng.random(rows) < 0.02
+    junk = np.array(["", "nan", "unknown"])[rng.integers(0, 3, rows)]
+    codes = np.array([f"{a}{b}" for a in "ABCDEFGHIJ" for b in "ABCDEFGHIJKLMNOPQRST"])
+    return pl.DataFrame(
+        {
+            "image_id": [f"img{i:07d}" for i in range(rows)],
+            "pred_lat": np.where(unanswered, junk, pred_lat.round(6).astype(str)),
+            "pred_lon": np.where(unanswered, junk, pred_lon.round(6).astype(str)),
+            "true_lat": true_lat.round(6).astype(str),
+            "true_lon": true_lon.round(6).astype(str),
+            "country_code": codes[rng.integers(0, codes.size, rows)],
+        }
+    )
+
+
+def time_stage(function: Callable[[], object], repeats: int) -> list[float]:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}); Python {platform.python_version()}, "
+        f"numpy {np.__version__}, polars {pl.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, help="keep the files here (default: a temp dir)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as temp:
+        work = args.workdir or Path(temp)
+        work.mkdir(parents=True, exist_ok=True)
+        pred = work / "predictions.csv"
+        started = time.perf_counter()
+        table = synthetic_predictions(args.rows)
+        table.write_csv(pred)
+        print(
+            f"{args.rows:,} synthetic predictions -> {pred} "
+            f"({pred.stat().st_size / 1e6:.0f} MB, made in {time.perf_counter() - started:.1f} s)"
+        )
+        print(machine())
+
+        settings = EvaluationSettings()
+        floats = table.select(
+            pl.col("pred_lat", "pred_lon", "true_lat", "true_lon").cast(pl.Float64, strict=False)
+        )
+        pred_lat, pred_lon = (floats[c].to_numpy() for c in ("pred_lat", "pred_lon"))
+        answered = np.isfinite(pred_lat) & np.isfinite(pred_lon)
+        arrays = PredictionArrays(
+            pred_lat=pred_lat,
+            pred_lon=pred_lon,
+            true_lat=floats["true_lat"].to_numpy(),
+            true_lon=floats["true_lon"].to_numpy(),
+            answered=answered,
+        )
+        distances = compute_distances(arrays, settings)
+        countries = table["country_code"]
+
+        stages: dict[str, Callable[[], object]] = {
+            "metrics (in memory)": lambda: compute_metrics(
+                compute_distances(arrays, settings), settings
+            ),
+            "per-country table (in memory)": lambda: per_country_table(
+                distances, countries, settings
+            ),
+            "evaluate_file, no plots": lambda: evaluate_file(
+                pred, work / "eval", settings=settings, make_plots=False
+            ),
+            "evaluate_file, with plots": lambda: evaluate_file(
+                pred, work / "eval_plots", settings=settings, make_plots=True
+            ),
+        }
+        results = {name: time_stage(stage, args.repeats) for name, stage in stages.items()}
+
+    metrics = compute_metrics(distances, settings)
+    print(
+        f"answered {metrics.answered:,} of {metrics.n:,}; "
+        + ", ".join(f"{k} {v:.2f}%" for k, v in metrics.accuracy.items() if v is not None)
+    )
+    print()
+    print(f"| stage ({args.rows:,} rows, {args.repeats} repeats) | median (s) | min (s) |")
+    print("|---|---:|---:|")
+    for name, timings in results.items():
+        print(f"| {name} | {statistics.median(timings):.3f} | {min(timings):.3f} |")
+    whole = statistics.median(results["evaluate_file, no plots"])
+    verdict = "meets" if whole <= GOAL_S else "MISSES"
+    print(
+        f"\nwhole evaluation without plots: {whole:.2f} s median, {verdict} the {GOAL_S:g} s goal"
+    )
+
+
+if __name__ == "__main__":
+    main()

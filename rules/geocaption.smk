@@ -1,0 +1,43 @@
+# Geo-captions of the corpus' training images: one process captions them all concurrently on
+# the submit host (never one cluster job per image); answers persist in the response store.
+
+
+localrules:
+    geocaption,
+
+
+rule geocaption:
+    message:
+        "Geo-captions with {params.captioner}, prompt {params.prompt_version}"
+    input:
+        manifest="results/manifest.parquet",
+        prompt=f"config/prompts/{CAPTIONS['prompt_version']}.txt",
+    output:
+        captions=directory(f"{CAPTION_DIR}/captions"),
+        index=report(
+            f"{CAPTION_DIR}/index.csv",
+            category="1. Ingest",
+            caption="../report/caption_index.rst",
+        ),
+        summary=f"{CAPTION_DIR}/summary.json",
+    params:
+        captioner=CAPTIONER,
+        prompt_version=CAPTIONS["prompt_version"],
+        settings=CAPTIONS,
+        code=code_version(
+            "captions.stage",
+            "captions.runner",
+            "captions.backends",
+            "captions.schema",
+            "captions.store",
+            "captions.prompts",
+            "workflow",
+        ),
+    log:
+        f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.log",
+    benchmark:
+        f"results/runtime/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.tsv"
+    conda:
+        "../envs/captions.yaml"
+    script:
+        "../scripts/geocaption.py"

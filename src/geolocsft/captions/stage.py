@@ -1,0 +1,103 @@
+"""The geo-caption stage as the workflow runs it: config in, caption files and reports out."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from geolocsft.captions.backends import (
+    Backend,
+    GeminiBackend,
+    GenerationParams,
+    MetadataBackend,
+    OpenAICompatibleBackend,
+)
+from geolocsft.captions.prompts import PromptTemplate
+from geolocsft.captions.runner import RunnerSettings, caption_images, items_from_manifest
+from geolocsft.captions.store import ResponseStore
+from geolocsft.errors import GeolocsftError
+
+
+def captioner_name(config: dict[str, Any]) -> str:
+    """A file-name-safe label of backend and model: 'metadata', 'gemini-gemini-2.5-flash'."""
+    if config["backend"] == "metadata":
+        return "metadata"
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config["model"]).strip("_")
+    return f"{config['backend']}-{model}"
+
+
+def generation_params(config: dict[str, Any]) -> GenerationParams:
+    return GenerationParams(
+        temperature=config["temperature"],
+        max_output_tokens=config["max_output_tokens"],
+        seed=config["seed"],
+        max_image_side=config["max_image_side"],
+    )
+
+
+def runner_settings(config: dict[str, Any]) -> RunnerSettings:
+    names = RunnerSettings.__dataclass_fields__
+    return RunnerSettings(**{k: v for k, v in config.items() if k in names})
+
+
+def build_backend(config: dict[str, Any]) -> Backend:
+    """The backend named by ``captions.backend``; keys are read from the environment here."""
+    params = generation_params(config)
+    backend = config["backend"]
+    if backend == "metadata":
+        return MetadataBackend()
+    if backend == "gemini":
+        gemini = config["gemini"]
+        if gemini["mode"] == "batch":
+            raise GeolocsftError("captions.gemini.mode = batch is run by run_batch_stage")
+        return GeminiBackend(
+            config["model"],
+            params,
+            mode=gemini["mode"],
+            base_url=gemini.get("base_url"),
+            timeout_s=config["timeout_s"],
+        )
+    if backend == "openai":
+        openai = config["openai"]
+        return OpenAICompatibleBackend(
+            config["model"],
+            params,
+            base_url=openai["base_url"],
+            api_key_env=openai["api_key_env"],
+            timeout_s=config["timeout_s"],
+            json_schema=openai["json_schema"],
+        )
+    raise GeolocsftError(f"unknown captions.backend {backend!r}")
+
+
+def run_stage(
+    manifest_path: Path,
+    prompt_path: Path,
+    config: dict[str, Any],
+    captions_dir: Path,
+    index_path: Path,
+    summary_path: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Caption the configured splits of a manifest; write captions, index and summary."""
+    manifest = pl.read_parquet(manifest_path)
+    items = items_from_manifest(manifest, config["splits"])
+    prompt = PromptTemplate.load(prompt_path)
+    backend = build_backend(config)
+    index, summary = caption_images(
+        items,
+        backend,
+        ResponseStore(Path(config["store"])),
+        prompt,
+        runner_settings(config),
+        captions_dir,
+        progress=progress,
+    )
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    index.write_csv(index_path)
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary

@@ -1,0 +1,113 @@
+"""A persistent, content-addressed store of every paid model response.
+
+Keyed by what determines an answer: the image's sha256, the prompt's sha256, backend, model,
+generation parameters and the caption schema version. It lives outside Snakemake's outputs
+(``captions.store`` in config), so when Snakemake deletes a job's outputs before rerunning it,
+or a run is killed, no answer that was paid for is asked for again. Every write is atomic
+(temporary file, fsync, rename): a killed process never leaves half a JSON file.
+
+Layout::
+
+    <root>/responses/<k[:2]>/<key>.json      the valid answer for a key (one per key)
+    <root>/failures/<k[:2]>/<key>/<n>.json   every answer that failed validation, with why
+    <root>/batches/<name>.json               Gemini batch jobs in flight (resumable)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys, no spaces) used for hashing."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def response_key(
+    *,
+    image_sha256: str,
+    prompt_sha256: str,
+    backend: str,
+    model: str,
+    params: Mapping[str, Any],
+    schema_version: str,
+) -> str:
+    """The store key of one request: sha256 over everything that shapes the answer."""
+    identity = {
+        "image_sha256": image_sha256,
+        "prompt_sha256": prompt_sha256,
+        "backend": backend,
+        "model": model,
+        "params": dict(params),
+        "schema_version": schema_version,
+    }
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=2, ensure_ascii=False, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResponseStore:
+    """Valid responses by key, plus every failed response kept for audit."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _response_path(self, key: str) -> Path:
+        return self.root / "responses" / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored valid response for ``key``, or ``None``."""
+        path = self._response_path(key)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # Only possible if someone edited the file by hand: keep it aside, never delete it.
+            path.rename(path.with_suffix(f".corrupt-{int(time.time())}"))
+            return None
+
+    def put(self, key: str, record: Mapping[str, Any]) -> None:
+        """Store the valid response of ``key`` (the first one wins; answers are never lost)."""
+        path = self._response_path(key)
+        if path.exists():
+            return
+        atomic_write_json(path, dict(record))
+
+    def put_failure(self, key: str, record: Mapping[str, Any]) -> Path:
+        """Keep a response that failed validation (raw text and reason) next to its key."""
+        folder = self.root / "failures" / key[:2] / key
+        folder.mkdir(parents=True, exist_ok=True)
+        number = sum(1 for _ in folder.glob("*.json")) + 1
+        path = folder / f"{number:03d}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        atomic_write_json(path, dict(record))
+        return path
+
+    def failures(self, key: str) -> list[dict[str, Any]]:
+        """Every failed response of ``key``, oldest first."""
+        folder = self.root / "failures" / key[:2] / key
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+    def batch_path(self, name: str) -> Path:
+        return self.root / "batches" / f"{name}.json"

@@ -1,0 +1,193 @@
+"""The ``geolocsft`` command line: one subcommand per stage that makes sense on its own.
+
+Each subcommand is registered by an ``add_<name>_command(subparsers)`` function that sets
+``handler`` (a function of the parsed arguments returning the exit status) on its subparser;
+:func:`build_parser` calls them all. A :class:`~geolocsft.errors.GeolocsftError` is printed as
+``error: <message>`` on stderr, without a traceback, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from geolocsft import __version__
+from geolocsft.errors import GeolocsftError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated distances in km such as 1,25,200, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one distance in km")
+    return values
+
+
+def add_evaluate_command(subparsers: Subparsers) -> argparse.ArgumentParser:
+    """``geolocsft evaluate PRED.csv``: Acc@R, per-country table and plots of a prediction file."""
+    from geolocsft.evaluate import EvaluationSettings
+
+    defaults = EvaluationSettings()
+    default_thresholds = ",".join(f"{r:g}" for r in defaults.thresholds_km)
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "evaluate",
+        help="score a prediction table (Acc@R with bootstrap CIs, per country, plots)",
+        description=(
+            "Score a prediction table with columns pred_lat, pred_lon, true_lat, true_lon "
+            "(optional image_id, country_code and any other columns). An empty, non-numeric or "
+            "out-of-range prediction is an unanswered row and counts as a miss: Acc@R is the "
+            "percent of ALL rows within R km. A bad ground truth is an error naming the rows. "
+            "Writes accuracy.json, accuracy.csv, accuracy.md, per_image.csv, per_country.csv "
+            "(header only when no country is known) and, unless --no-plots, error_cdf.png and "
+            "world_map.png; prints the accuracy table to stdout."
+        ),
+    )
+    parser.add_argument(
+        "predictions", type=Path, metavar="PRED", help="prediction table (.csv, .tsv or .parquet)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: <PRED's folder>/<PRED's stem>_eval)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="MANIFEST",
+        help="manifest (.parquet or .csv with image_id, country_code) giving the country of "
+        "each image_id for the per-country table; a country_code column of PRED wins where set, "
+        "and rows without a country are listed as 'unknown'",
+    )
+    parser.add_argument(
+        "--thresholds",
+        type=_thresholds,
+        default=defaults.thresholds_km,
+        metavar="KM,KM,...",
+        help=f"Acc@R radii in km (default: {default_thresholds})",
+    )
+    parser.add_argument(
+        "--distance",
+        choices=("haversine", "geodesic"),
+        default=defaults.distance,
+        help="great circle on a sphere, or WGS84 ellipsoid (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--earth-radius-km",
+        type=float,
+        default=defaults.earth_radius_km,
+        metavar="KM",
+        help="sphere radius for haversine (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=defaults.bootstrap_resamples,
+        metavar="B",
+        help="bootstrap resamples for the Acc@R intervals, 0 for none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=defaults.confidence,
+        help="confidence level of the intervals (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed of the bootstrap and the map subsample (default: %(default)s)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip error_cdf.png, world_map.png")
+    parser.add_argument(
+        "--label", metavar="NAME", help="name of this run in the outputs (default: PRED's stem)"
+    )
+    parser.set_defaults(handler=run_evaluate)
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``geolocsft evaluate``."""
+    from geolocsft.evaluate import EvaluationSettings, evaluate_file, metrics_markdown
+
+    settings = EvaluationSettings(
+        thresholds_km=args.thresholds,
+        distance=args.distance,
+        earth_radius_km=args.earth_radius_km,
+        bootstrap_resamples=args.bootstrap,
+        confidence=args.confidence,
+        seed=args.seed,
+    )
+    predictions: Path = args.predictions
+    out_dir = args.out if args.out is not None else default_evaluate_dir(predictions)
+    result = evaluate_file(
+        predictions,
+        out_dir,
+        manifest_path=args.manifest,
+        settings=settings,
+        make_plots=not args.no_plots,
+        label=args.label,
+    )
+    sys.stdout.write(metrics_markdown(result.metrics, result.label))
+    log.info("outputs in %s", out_dir)
+    return 0
+
+
+def default_evaluate_dir(predictions: Path) -> Path:
+    """``<folder>/<stem>_eval`` beside the prediction file."""
+    return predictions.parent / f"{predictions.stem}_eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geolocsft",
+        description="Planet-scale visual geolocation by supervised fine-tuning.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="log debugging details to stderr"
+    )
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log only warnings")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_evaluate_command(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("geolocsft").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``geolocsft`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except GeolocsftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
