@@ -9,14 +9,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 SRC_DIR = Path(workflow.basedir) / "src"
-# The workflow always runs the package code of this checkout, in every job and environment
-# (local, conda, SLURM: jobs inherit the environment).
 sys.path.insert(0, str(SRC_DIR))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(SRC_DIR), os.environ.get("PYTHONPATH", "")) if p
-)
+from geolocsft.workflow import use_checkout_package
 
-from geolocsft.captions.stage import captioner_name
+# Every job (local, conda env, SLURM) runs the package code of this checkout.
+use_checkout_package(SRC_DIR)
+
+from geolocsft.captions.stage import captioner_name, gemini_key_variable
 from geolocsft.errors import GeolocsftError
 from geolocsft.ingest import IMAGE_SUFFIXES, ColumnMap, check_table_columns
 from geolocsft.workflow import code_version
@@ -27,6 +26,14 @@ CORPUS = config["corpus"]
 BENCHMARKS = config["benchmarks"]
 EVAL_SETS = ["holdout", *BENCHMARKS]
 CAPTIONS = config["captions"]
+if CAPTIONS["backend"] == "gemini":
+
+    # The key comes from the environment only; Snakemake checks it is set before any job and
+    # passes it to remote jobs without writing it anywhere.
+    envvars:
+        gemini_key_variable(),
+
+
 CAPTIONER = captioner_name(CAPTIONS)
 CAPTION_DIR = f"results/geocaptions/{CAPTIONER}/{CAPTIONS['prompt_version']}"
 BASELINES = config["baselines"]["predictors"]
@@ -100,7 +107,11 @@ def eval_outputs(predictor, evalset):
 
 
 def all_targets():
-    targets = ["results/eval/summary.csv", "results/eval/summary.md", f"{CAPTION_DIR}/index.csv"]
+    targets = [
+        "results/eval/summary.csv",
+        "results/eval/summary.md",
+        f"{CAPTION_DIR}/index.csv",
+    ]
     targets += expand(
         "results/eval/{predictor}/{evalset}/accuracy.json",
         predictor=PREDICTORS,

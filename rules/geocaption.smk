@@ -7,8 +7,6 @@ localrules:
 
 
 rule geocaption:
-    message:
-        "Geo-captions with {params.captioner}, prompt {params.prompt_version}"
     input:
         manifest="results/manifest.parquet",
         prompt=f"config/prompts/{CAPTIONS['prompt_version']}.txt",
@@ -20,6 +18,12 @@ rule geocaption:
             caption="../report/caption_index.rst",
         ),
         summary=f"{CAPTION_DIR}/summary.json",
+    log:
+        f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.log",
+    benchmark:
+        f"results/runtime/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.tsv"
+    conda:
+        "../envs/captions.yaml"
     params:
         captioner=CAPTIONER,
         prompt_version=CAPTIONS["prompt_version"],
@@ -33,11 +37,7 @@ rule geocaption:
             "captions.prompts",
             "workflow",
         ),
-    log:
-        f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.log",
-    benchmark:
-        f"results/runtime/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.tsv"
-    conda:
-        "../envs/captions.yaml"
+    message:
+        "Geo-captions with {params.captioner}, prompt {params.prompt_version}"
     script:
         "../scripts/geocaption.py"

@@ -7,6 +7,7 @@ Nothing is mocked here but the remote API itself, which cannot be reached from t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from geolocsft.captions.runner import (
     RateLimiter,
     RunnerSettings,
     caption_images,
+    mime_type_and_bytes,
     parse_caption,
 )
 from geolocsft.captions.schema import GeoCaption, ModelGeoCaption, response_json_schema
@@ -52,8 +54,6 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def make_items(folder: Path, count: int, start: int = 0) -> list[CaptionItem]:
-    import hashlib
-
     items = []
     for i in range(start, start + count):
         path = write_photo(folder / f"img{i:03d}.jpg", seed=i)
@@ -68,6 +68,11 @@ def make_items(folder: Path, count: int, start: int = 0) -> list[CaptionItem]:
             )
         )
     return items
+
+
+def sent_image_hash(item: CaptionItem) -> str:
+    """The sha256 of the image bytes as the API receives them (the stand-in counts by it)."""
+    return hashlib.sha256(mime_type_and_bytes(item.path, 1024)[1]).hexdigest()
 
 
 def gemini(url: str) -> GeminiBackend:
@@ -196,8 +201,15 @@ def test_adding_k_images_makes_exactly_k_calls(tmp_path):
 
 def test_no_image_is_lost_under_faults_and_every_bad_answer_is_kept(tmp_path):
     items = make_items(tmp_path / "img", 24)
-    rates = {"429": 0.1, "503": 0.1, "malformed": 0.08, "truncated": 0.05, "fences": 0.05,
-             "blocked": 0.05, "no_candidates": 0.03}  # fmt: skip
+    rates = {
+        "429": 0.1,
+        "503": 0.1,
+        "malformed": 0.08,
+        "truncated": 0.05,
+        "fences": 0.05,
+        "blocked": 0.05,
+        "no_candidates": 0.03,
+    }
     state = StandinState(fault_rates=rates, retry_delay_s=0.01, seed=3)
     with Standin(state) as standin:
         index, summary = run(items, gemini(standin.url), tmp_path, max_attempts=20)
@@ -205,8 +217,10 @@ def test_no_image_is_lost_under_faults_and_every_bad_answer_is_kept(tmp_path):
     assert sum(state.faults_sent.values()) > 5
     store = ResponseStore(tmp_path / "store")
     kept = sum(len(store.failures(k)) for k in index["store_key"])
-    content_faults = sum(state.faults_sent[k] for k in
-                         ("malformed", "truncated", "fences", "blocked", "no_candidates"))  # fmt: skip
+    content_faults = sum(
+        state.faults_sent[k]
+        for k in ("malformed", "truncated", "fences", "blocked", "no_candidates")
+    )
     assert kept == content_faults
     for path in (tmp_path / "captions").glob("*.json"):
         document = json.loads(path.read_text())
@@ -216,10 +230,7 @@ def test_no_image_is_lost_under_faults_and_every_bad_answer_is_kept(tmp_path):
 
 def test_attempts_are_bounded_then_the_image_is_recorded_as_failed(tmp_path):
     items = make_items(tmp_path / "img", 4)
-    doomed = __import__("hashlib").sha256(b"").hexdigest()  # placeholder, replaced below
-    from geolocsft.captions.runner import mime_type_and_bytes
-
-    doomed = __import__("hashlib").sha256(mime_type_and_bytes(items[1].path, 1024)[1]).hexdigest()
+    doomed = sent_image_hash(items[1])
     state = StandinState(fault_for=lambda image, n: "503" if image == doomed else None)
     with Standin(state) as standin:
         index, summary = run(items, gemini(standin.url), tmp_path, max_attempts=3)
@@ -238,7 +249,9 @@ def test_invalid_answers_are_never_written_as_captions(tmp_path):
         index, _ = run(items, gemini(standin.url), tmp_path, max_attempts=3)
     assert index["failure_reason"].to_list() == ["malformed_json"]
     assert not list((tmp_path / "captions").glob("*.json"))
-    reasons = [f["failure"] for f in ResponseStore(tmp_path / "store").failures(index["store_key"][0])]
+    reasons = [
+        f["failure"] for f in ResponseStore(tmp_path / "store").failures(index["store_key"][0])
+    ]
     assert reasons == ["markdown_fences", "truncated", "malformed_json"]
 
 
@@ -256,8 +269,14 @@ def test_requests_per_window_cap_is_respected_end_to_end(tmp_path):
     state = StandinState()
     with Standin(state) as standin:
         # A 1 s window instead of a minute keeps the test short; the arithmetic is the same.
-        run(items, gemini(standin.url), tmp_path, concurrency=9, requests_per_minute=4,
-            rate_window_s=1.0)  # fmt: skip
+        run(
+            items,
+            gemini(standin.url),
+            tmp_path,
+            concurrency=9,
+            requests_per_minute=4,
+            rate_window_s=1.0,
+        )
     assert state.requests == 9
     assert state.max_requests_in_window(0.95) <= 4
     assert state.times[-1] - state.times[0] >= 1.9
@@ -285,19 +304,27 @@ def test_a_changed_prompt_is_never_answered_from_old_captions(tmp_path):
     edited.write_text(PROMPT.read_text() + "\nBe brief.\n")
     with Standin() as standin:
         run(items, gemini(standin.url), tmp_path)
-        caption_images(items, gemini(standin.url), ResponseStore(tmp_path / "store"),
-                       PromptTemplate.load(edited), RunnerSettings(), tmp_path / "c2",
-                       progress=False)  # fmt: skip
+        caption_images(
+            items,
+            gemini(standin.url),
+            ResponseStore(tmp_path / "store"),
+            PromptTemplate.load(edited),
+            RunnerSettings(),
+            tmp_path / "c2",
+            progress=False,
+        )
         assert standin.state.requests == 6
 
 
 def test_openai_compatible_backend_and_metadata_backend(tmp_path):
     items = make_items(tmp_path / "img", 3)
     with Standin(StandinState(fault_script=["429", "503"], retry_delay_s=0.01)) as standin:
-        backend = OpenAICompatibleBackend("qwen2.5-vl", GenerationParams(), base_url=f"{standin.url}/v1")
-        index, summary = run(items, backend, tmp_path / "openai")
+        backend = OpenAICompatibleBackend(
+            "qwen2.5-vl", GenerationParams(), base_url=f"{standin.url}/v1"
+        )
+        _, summary = run(items, backend, tmp_path / "openai")
     assert summary["captioned"] == 3 and summary["api_calls"] == 5
-    index, summary = run(items, MetadataBackend(), tmp_path / "metadata")
+    _, summary = run(items, MetadataBackend(), tmp_path / "metadata")
     document = json.loads((tmp_path / "metadata" / "captions" / "img000.json").read_text())
     assert document["caption"]["thinking"] is None
     assert document["caption"]["answer"]["coordinates"]["region"] == "Testville, Nowhere"
@@ -324,17 +351,17 @@ def test_the_api_key_appears_in_no_artifact(tmp_path):
 # -- kill -9 in the middle of a run ----------------------------------------------------------
 
 CHILD = """
-import sys
+import json, sys
 from pathlib import Path
 from geolocsft.captions.backends import GeminiBackend, GenerationParams
 from geolocsft.captions.prompts import PromptTemplate
 from geolocsft.captions.runner import CaptionItem, RunnerSettings, caption_images
 from geolocsft.captions.store import ResponseStore
-import json
-url, workdir = sys.argv[1], Path(sys.argv[2])
-items = [CaptionItem(**{**d, "path": Path(d["path"])}) for d in json.loads((workdir / "items.json").read_text())]
-caption_images(items, GeminiBackend("gemini-2.5-flash", GenerationParams(), base_url=url),
-               ResponseStore(workdir / "store"), PromptTemplate.load(Path(sys.argv[3])),
+url, workdir, prompt = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+rows = json.loads((workdir / "items.json").read_text())
+items = [CaptionItem(**{**row, "path": Path(row["path"])}) for row in rows]
+backend = GeminiBackend("gemini-2.5-flash", GenerationParams(), base_url=url)
+caption_images(items, backend, ResponseStore(workdir / "store"), PromptTemplate.load(prompt),
                RunnerSettings(concurrency=2), workdir / "captions", progress=False)
 """
 
@@ -366,10 +393,6 @@ def test_resume_after_kill_9_repeats_no_finished_image(tmp_path):
     assert state.requests - requests_before == 12 - len(stored_before)
     # An image whose answer was stored before the kill was asked for exactly once.
     by_key = dict(zip(index["store_key"], index["image_id"], strict=True))
-    from geolocsft.captions.runner import mime_type_and_bytes
-    import hashlib
-
     for key in stored_before:
         item = next(i for i in items if i.image_id == by_key[key])
-        sent = hashlib.sha256(mime_type_and_bytes(item.path, 1024)[1]).hexdigest()
-        assert state.by_image[sent] == 1
+        assert state.by_image[sent_image_hash(item)] == 1

@@ -220,8 +220,11 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
     key = "AIza-workflow-test-key-must-not-leak"
     workdir = copy_workflow(tmp_path / "wf")
     with Standin(StandinState(latency_s=0.05, fault_script=["429", "malformed"])) as standin:
-        captions = {"backend": "gemini", "gemini": {"base_url": standin.url},
-                    "backoff_initial_s": 0.01}  # fmt: skip
+        captions = {
+            "backend": "gemini",
+            "gemini": {"base_url": standin.url},
+            "backoff_initial_s": 0.01,
+        }
         config = write_config(workdir, captions=captions)
         monkeypatch.setenv("GEMINI_API_KEY", key)
         snakemake(workdir, "--configfile", str(config))

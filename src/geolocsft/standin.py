@@ -135,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _StandinServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -192,14 +192,18 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "503":
             self._send(
                 503,
-                {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}},
+                {
+                    "error": {
+                        "code": 503,
+                        "message": "The model is overloaded.",
+                        "status": "UNAVAILABLE",
+                    }
+                },
             )
             return
         usage = {"promptTokenCount": 1290, "candidatesTokenCount": 410, "totalTokenCount": 1700}
         if fault == "blocked":
-            self._send(
-                200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage}
-            )
+            self._send(200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage})
             return
         if fault == "no_candidates":
             self._send(200, {"candidates": [], "usageMetadata": usage})
@@ -209,7 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
             200,
             {
                 "candidates": [
-                    {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish}
+                    {
+                        "content": {"role": "model", "parts": [{"text": text}]},
+                        "finishReason": finish,
+                    }
                 ],
                 "usageMetadata": usage,
                 "modelVersion": "standin-gemini-001",
@@ -309,9 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     parser.add_argument(
-        "--fault", action="append", default=[], metavar="KIND=RATE",
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
         help=f"inject a fault with a probability; kinds: {', '.join(FAULTS)}",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     rates = {k: float(v) for k, v in (f.split("=", 1) for f in args.fault)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,16 @@ def code_version(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def use_checkout_package(src_dir: Path) -> None:
+    """Put ``src_dir`` first on ``PYTHONPATH``, so every job imports this checkout's package.
+
+    Jobs inherit the environment (locally, in conda environments and on SLURM nodes), so the
+    code that a rule's ``code`` param hashes is the code its job runs.
+    """
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(src_dir), *current])
+
+
 def configure_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
     """Log to the rule's ``log:`` file (and to stderr, so failures show in Snakemake's output)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -47,6 +58,9 @@ def configure_logging(log_path: str | Path | None, level: int = logging.INFO) ->
         force=True,
     )
     logging.captureWarnings(True)
+    # The HTTP clients log one INFO line per request: too much for a log of thousands.
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "google_genai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_script(smk: Any, main: Callable[[Any], None]) -> None:

@@ -205,9 +205,7 @@ def caption_document(
     same bytes.
     """
     coordinates = caption.answer.coordinates
-    distance = float(
-        haversine_km(item.lat, item.lon, coordinates.latitude, coordinates.longitude)
-    )
+    distance = float(haversine_km(item.lat, item.lon, coordinates.latitude, coordinates.longitude))
     response = stored["response"]
     return {
         "schema_version": CAPTION_SCHEMA_VERSION,
@@ -340,8 +338,17 @@ class CaptionRun:
                 continue
             except PermanentError as exc:
                 RateLimiter.settle(event, 0)
-                return _Outcome(item.image_id, "failed", "api", attempt, None, None,
-                                "permanent_error", str(exc), key)  # fmt: skip
+                return _Outcome(
+                    item.image_id,
+                    "failed",
+                    "api",
+                    attempt,
+                    None,
+                    None,
+                    "permanent_error",
+                    str(exc),
+                    key,
+                )
             RateLimiter.settle(event, response.total_tokens)
             self.tokens["prompt"] += response.prompt_tokens or 0
             self.tokens["output"] += response.output_tokens or 0
@@ -352,8 +359,9 @@ class CaptionRun:
             except ContentError as exc:
                 reason, detail = exc.reason, exc.detail
                 if self.backend.paid:
-                    self.store.put_failure(key, {**record, "failure": exc.reason,
-                                                 "failure_detail": exc.detail})  # fmt: skip
+                    self.store.put_failure(
+                        key, {**record, "failure": exc.reason, "failure_detail": exc.detail}
+                    )
                 continue
             if self.backend.paid:
                 self.store.put(key, record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from geolocsft.captions.backends import (
+    GEMINI_KEY_VARIABLES,
     Backend,
     GeminiBackend,
     GenerationParams,
@@ -28,6 +30,11 @@ def captioner_name(config: dict[str, Any]) -> str:
         return "metadata"
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", config["model"]).strip("_")
     return f"{config['backend']}-{model}"
+
+
+def gemini_key_variable() -> str:
+    """The environment variable the gemini backend reads its key from (GEMINI_API_KEY first)."""
+    return next((v for v in GEMINI_KEY_VARIABLES if os.environ.get(v)), GEMINI_KEY_VARIABLES[0])
 
 
 def generation_params(config: dict[str, Any]) -> GenerationParams:
