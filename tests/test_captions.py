@@ -396,3 +396,42 @@ def test_resume_after_kill_9_repeats_no_finished_image(tmp_path):
     for key in stored_before:
         item = next(i for i in items if i.image_id == by_key[key])
         assert state.by_image[sent_image_hash(item)] == 1
+
+
+# -- Gemini Batch API ------------------------------------------------------------------------
+
+
+def batch_backend(url: str) -> GeminiBackend:
+    return GeminiBackend("gemini-2.5-flash", GenerationParams(), base_url=url, batch=True)
+
+
+def test_batch_mode_submits_one_job_and_stores_every_answer(tmp_path):
+    items = make_items(tmp_path / "img", 6)
+    state = StandinState(batch_delay_s=0.3, fault_script=["ok", "malformed", "503"])
+    with Standin(state) as standin:
+        _, summary = run(items, batch_backend(standin.url), tmp_path, batch_poll_s=0.05)
+        assert len(state.batches) == 1 and state.requests == 6
+        assert summary["captioned"] == 4
+        assert summary["failed_by_reason"] == {"malformed_json": 1, "batch_error": 1}
+        # The next run submits a job for the two failed images only; online answers share keys.
+        _, summary = run(items, batch_backend(standin.url), tmp_path, batch_poll_s=0.05)
+        assert len(state.batches) == 2 and state.requests == 8
+        assert summary["captioned"] == 6 and summary["from_store"] == 4
+        online_before = state.requests
+        _, summary = run(items, gemini(standin.url), tmp_path)
+        assert state.requests == online_before and summary["from_store"] == 6
+    job_files = list((tmp_path / "store" / "batches").glob("*.json"))
+    assert len(job_files) == 2 and all(json.loads(p.read_text())["collected"] for p in job_files)
+
+
+def test_a_batch_job_outlives_its_run_and_is_resumed_not_resubmitted(tmp_path):
+    items = make_items(tmp_path / "img", 3)
+    state = StandinState(batch_delay_s=1.0)
+    with Standin(state) as standin:
+        with pytest.raises(GeolocsftError, match="still JOB_STATE_RUNNING"):
+            run(items, batch_backend(standin.url), tmp_path, batch_poll_s=0.05, batch_timeout_s=0.2)
+        assert len(state.batches) == 1
+        time.sleep(1.0)
+        _, summary = run(items, batch_backend(standin.url), tmp_path, batch_poll_s=0.05)
+        assert len(state.batches) == 1 and state.requests == 3
+    assert summary["captioned"] == 3

@@ -92,6 +92,9 @@ class StandinState:
     faults_sent: Counter[str] = field(default_factory=Counter)
     times: list[float] = field(default_factory=list)
     api_keys: set[str] = field(default_factory=set)
+    #: Gemini batch jobs: seconds until a job succeeds, and the jobs by id
+    batch_delay_s: float = 0.0
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -157,18 +160,99 @@ class _Handler(BaseHTTPRequestHandler):
             state.api_keys.add(key)
         if self.path.endswith(":generateContent"):
             self._gemini(body, state)
+        elif self.path.endswith(":batchGenerateContent"):
+            self._gemini_batch_create(body, state)
         elif self.path.endswith("/chat/completions"):
             self._openai(body, state)
         else:
             self._send(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
 
+    def do_GET(self) -> None:
+        state = self.server.state
+        match = re.search(r"/batches/([^/?:]+)$", self.path)
+        if not match or match.group(1) not in state.batches:
+            self._send(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
+            return
+        job = state.batches[match.group(1)]
+        done = time.monotonic() - job["created"] >= state.batch_delay_s
+        metadata: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+            "name": job["name"],
+            "model": job["model"],
+            "displayName": job["displayName"],
+            "state": "BATCH_STATE_SUCCEEDED" if done else "BATCH_STATE_RUNNING",
+            "createTime": "2026-01-01T00:00:00Z",
+        }
+        if done:
+            metadata["output"] = {"inlinedResponses": {"inlinedResponses": job["responses"]}}
+        self._send(200, {"name": job["name"], "metadata": metadata, "done": done})
+
     # -- Gemini --------------------------------------------------------------------------
 
-    def _gemini(self, body: dict[str, Any], state: StandinState) -> None:
-        parts = body.get("contents", [{}])[0].get("parts", [])
+    @staticmethod
+    def _gemini_request(request: dict[str, Any]) -> tuple[str, str]:
+        parts = request.get("contents", [{}])[0].get("parts", [])
         image = next((p["inlineData"]["data"] for p in parts if "inlineData" in p), "")
         prompt = "".join(p.get("text", "") for p in parts)
-        image_hash = hashlib.sha256(base64.urlsafe_b64decode(image + "==")).hexdigest()
+        return hashlib.sha256(base64.urlsafe_b64decode(image + "==")).hexdigest(), prompt
+
+    def _gemini_batch_create(self, body: dict[str, Any], state: StandinState) -> None:
+        batch = body.get("batch", {})
+        requests = batch.get("inputConfig", {}).get("requests", {}).get("requests", [])
+        responses = []
+        for entry in requests:
+            image_hash, prompt = self._gemini_request(entry.get("request", {}))
+            _, fault = state.next_fault(image_hash)
+            answer: dict[str, Any] = {"metadata": entry.get("metadata", {})}
+            if fault in ("429", "503"):
+                answer["error"] = {"code": int(fault), "message": "injected fault"}
+            else:
+                answer["response"] = self._gemini_answer(prompt, image_hash, fault, state)
+            responses.append(answer)
+        with state.lock:
+            job_id = f"standin{len(state.batches) + 1}"
+            name = f"batches/{job_id}"
+            model = self.path.rsplit("/", 1)[-1].split(":", 1)[0]
+            state.batches[job_id] = {
+                "name": name,
+                "model": f"models/{model}",
+                "displayName": batch.get("displayName", ""),
+                "created": time.monotonic(),
+                "responses": responses,
+            }
+        self._send(
+            200,
+            {
+                "name": name,
+                "metadata": {
+                    "name": name,
+                    "model": f"models/{model}",
+                    "displayName": batch.get("displayName", ""),
+                    "state": "BATCH_STATE_PENDING",
+                },
+            },
+        )
+
+    def _gemini_answer(
+        self, prompt: str, image_hash: str, fault: str | None, state: StandinState
+    ) -> dict[str, Any]:
+        usage = {"promptTokenCount": 1290, "candidatesTokenCount": 410, "totalTokenCount": 1700}
+        if fault == "blocked":
+            return {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage}
+        if fault == "no_candidates":
+            return {"candidates": [], "usageMetadata": usage}
+        text, finish = self._answer_text(prompt, fault, state)
+        return {
+            "candidates": [
+                {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish}
+            ],
+            "usageMetadata": usage,
+            "modelVersion": "standin-gemini-001",
+            "responseId": f"standin-{image_hash[:12]}",
+        }
+
+    def _gemini(self, body: dict[str, Any], state: StandinState) -> None:
+        image_hash, prompt = self._gemini_request(body)
         _, fault = state.next_fault(image_hash)
         time.sleep(state.latency_s)
         if fault == "429":
@@ -201,28 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        usage = {"promptTokenCount": 1290, "candidatesTokenCount": 410, "totalTokenCount": 1700}
-        if fault == "blocked":
-            self._send(200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage})
-            return
-        if fault == "no_candidates":
-            self._send(200, {"candidates": [], "usageMetadata": usage})
-            return
-        text, finish = self._answer_text(prompt, fault, state)
-        self._send(
-            200,
-            {
-                "candidates": [
-                    {
-                        "content": {"role": "model", "parts": [{"text": text}]},
-                        "finishReason": finish,
-                    }
-                ],
-                "usageMetadata": usage,
-                "modelVersion": "standin-gemini-001",
-                "responseId": f"standin-{image_hash[:12]}",
-            },
-        )
+        self._send(200, self._gemini_answer(prompt, image_hash, fault, state))
 
     @staticmethod
     def _answer_text(prompt: str, fault: str | None, state: StandinState) -> tuple[str, str]:

@@ -93,6 +93,9 @@ class RunnerSettings:
     price_usd_per_million_output_tokens: float | None = None
     #: The rate caps' rolling window: a minute for the APIs' RPM/TPM (shorter only in tests).
     rate_window_s: float = 60.0
+    #: Gemini Batch API: seconds between polls, and how long one run waits for a job.
+    batch_poll_s: float = 30.0
+    batch_timeout_s: float = 86_400.0
 
 
 class ContentError(Exception):
@@ -309,15 +312,7 @@ class CaptionRun:
         mime_type, data = await asyncio.to_thread(
             mime_type_and_bytes, item.path, self.settings.max_image_side
         )
-        request = CaptionRequest(
-            image_id=item.image_id,
-            image_bytes=data,
-            mime_type=mime_type,
-            prompt=self.prompt.render(item.lat, item.lon, item.place),
-            lat=item.lat,
-            lon=item.lon,
-            place=item.place,
-        )
+        request = self._request(item, mime_type, data)
         reserve = self.settings.estimated_prompt_tokens + self.settings.max_output_tokens
         reason, detail = "not_attempted", "max_attempts is 0"
         for attempt in range(1, self.settings.max_attempts + 1):
@@ -353,7 +348,7 @@ class CaptionRun:
             self.tokens["prompt"] += response.prompt_tokens or 0
             self.tokens["output"] += response.output_tokens or 0
             self.tokens["total"] += response.total_tokens or 0
-            record = self._record(item, key, response)
+            record = self._record(item.image_id, item.sha256, key, response)
             try:
                 parse_caption(response, self.require_thinking)
             except ContentError as exc:
@@ -378,18 +373,133 @@ class CaptionRun:
             key=key,
         )
 
-    def _record(self, item: CaptionItem, key: str, response: ModelResponse) -> dict[str, Any]:
+    # -- Gemini Batch API -------------------------------------------------------------------
+
+    async def _run_batch(self, pending: list[tuple[CaptionItem, str]]) -> list[_Outcome]:
+        """Caption ``pending`` through batch jobs, resuming any job an earlier run left behind.
+
+        A submitted job's name and keys are written to the store before the first poll, so a
+        run killed while waiting picks the same job up again instead of paying twice.
+        """
+        failures: dict[str, tuple[str, str]] = {}
+        for job_path in sorted((self.store.root / "batches").glob("*.json")):
+            job = json.loads(job_path.read_text())
+            if job.get("collected") or job.get("model") != self.backend.model:
+                continue
+            log.info("resuming batch job %s (%d requests)", job["name"], len(job["keys"]))
+            failures |= await self._collect_batch(job_path, job)
+        outcomes, still = [], []
+        for item, key in pending:
+            stored = self.store.get(key)
+            if stored is not None:
+                outcomes.append(self._write(item, stored, "api"))
+            else:
+                still.append((item, key))
+        if still:
+            requests = []
+            for item, key in still:
+                mime_type, data = await asyncio.to_thread(
+                    mime_type_and_bytes, item.path, self.settings.max_image_side
+                )
+                requests.append((key, self._request(item, mime_type, data)))
+            self.calls += 1
+            name = await self.backend.submit_batch(requests, f"geolocsft {self.prompt.version}")  # type: ignore[attr-defined]
+            job = {
+                "name": name,
+                "backend": self.backend.name,
+                "model": self.backend.model,
+                "prompt_version": self.prompt.version,
+                "keys": {
+                    key: {"image_id": item.image_id, "image_sha256": item.sha256}
+                    for item, key in still
+                },
+                "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "collected": False,
+            }
+            job_path = self.store.batch_path(name.rsplit("/", 1)[-1])
+            atomic_write_json(job_path, job)
+            log.info("submitted batch job %s with %d requests", name, len(still))
+            failures |= await self._collect_batch(job_path, job)
+        for item, key in still:
+            stored = self.store.get(key)
+            if stored is not None:
+                outcomes.append(self._write(item, stored, "api"))
+            else:
+                reason, detail = failures.get(key, ("batch_missing", "no answer in the batch job"))
+                outcomes.append(
+                    _Outcome(
+                        item.image_id, "failed", "api", 1, reason=reason, detail=detail, key=key
+                    )
+                )
+        return outcomes
+
+    async def _collect_batch(
+        self, job_path: Path, job: dict[str, Any]
+    ) -> dict[str, tuple[str, str]]:
+        """Wait for a batch job, store every answer, mark the job collected; return failures."""
+        started = time.monotonic()
+        while True:
+            state, results = await self.backend.poll_batch(job["name"])  # type: ignore[attr-defined]
+            if results is not None:
+                break
+            if time.monotonic() - started > self.settings.batch_timeout_s:
+                raise GeolocsftError(
+                    f"batch job {job['name']} is still {state} after "
+                    f"{self.settings.batch_timeout_s:.0f} s; rerun the workflow later to collect "
+                    f"it (its name is kept in {job_path})"
+                )
+            await self.sleep(self.settings.batch_poll_s)
+        failures: dict[str, tuple[str, str]] = {}
+        for key, response, error in results:
+            if key is None or key not in job["keys"]:
+                continue
+            if response is None:
+                failures[key] = ("batch_error", error or "no response")
+                continue
+            self.tokens["prompt"] += response.prompt_tokens or 0
+            self.tokens["output"] += response.output_tokens or 0
+            self.tokens["total"] += response.total_tokens or 0
+            image = job["keys"][key]
+            record = self._record(image["image_id"], image["image_sha256"], key, response)
+            try:
+                parse_caption(response, self.require_thinking)
+            except ContentError as exc:
+                failures[key] = (exc.reason, exc.detail)
+                self.store.put_failure(
+                    key, {**record, "failure": exc.reason, "failure_detail": exc.detail}
+                )
+                continue
+            self.store.put(key, record)
+        if state != "JOB_STATE_SUCCEEDED":
+            log.warning("batch job %s ended %s", job["name"], state)
+        atomic_write_json(job_path, {**job, "collected": True, "state": state})
+        return failures
+
+    def _request(self, item: CaptionItem, mime_type: str, data: bytes) -> CaptionRequest:
+        return CaptionRequest(
+            image_id=item.image_id,
+            image_bytes=data,
+            mime_type=mime_type,
+            prompt=self.prompt.render(item.lat, item.lon, item.place),
+            lat=item.lat,
+            lon=item.lon,
+            place=item.place,
+        )
+
+    def _record(
+        self, image_id: str, image_sha256: str, key: str, response: ModelResponse
+    ) -> dict[str, Any]:
         return {
             "key": key,
             "identity": {
-                "image_sha256": item.sha256,
+                "image_sha256": image_sha256,
                 "prompt_sha256": self.prompt.sha256,
                 "backend": self.backend.name,
                 "model": self.backend.model,
                 "params": self.backend.identity_params(),
                 "schema_version": CAPTION_SCHEMA_VERSION,
             },
-            "first_image_id": item.image_id,
+            "first_image_id": image_id,
             "prompt_version": self.prompt.version,
             "response": {
                 "text": response.text,
@@ -455,7 +565,10 @@ class CaptionRun:
                     bar.update(1)
 
         try:
-            outcomes += await asyncio.gather(*(one(item, key) for item, key in pending))
+            if getattr(self.backend, "batch", False):
+                outcomes += await self._run_batch(pending)
+            else:
+                outcomes += await asyncio.gather(*(one(item, key) for item, key in pending))
         finally:
             bar.close()
             await self.backend.aclose()

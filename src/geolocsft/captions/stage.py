@@ -48,7 +48,9 @@ def generation_params(config: dict[str, Any]) -> GenerationParams:
 
 def runner_settings(config: dict[str, Any]) -> RunnerSettings:
     names = RunnerSettings.__dataclass_fields__
-    return RunnerSettings(**{k: v for k, v in config.items() if k in names})
+    gemini = config.get("gemini", {})
+    batch = {k: gemini[k] for k in ("batch_poll_s", "batch_timeout_s") if k in gemini}
+    return RunnerSettings(**{k: v for k, v in config.items() if k in names}, **batch)
 
 
 def build_backend(config: dict[str, Any]) -> Backend:
@@ -59,14 +61,13 @@ def build_backend(config: dict[str, Any]) -> Backend:
         return MetadataBackend()
     if backend == "gemini":
         gemini = config["gemini"]
-        if gemini["mode"] == "batch":
-            raise GeolocsftError("captions.gemini.mode = batch is run by run_batch_stage")
         return GeminiBackend(
             config["model"],
             params,
             mode=gemini["mode"],
             base_url=gemini.get("base_url"),
             timeout_s=config["timeout_s"],
+            batch=gemini["batch"],
         )
     if backend == "openai":
         openai = config["openai"]
