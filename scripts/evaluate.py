@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from geolocsft.evaluate import EvaluationSettings, evaluate_file
-
 from geolocsft.workflow import run_script
 
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from geolocsft.evaluate import write_summary
-
 from geolocsft.workflow import run_script
 
 
