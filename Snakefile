@@ -14,6 +14,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/ingest.smk"
 include: "rules/geocaption.smk"
+include: "rules/sft.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 

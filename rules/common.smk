@@ -36,6 +36,7 @@ if CAPTIONS["backend"] == "gemini":
 
 CAPTIONER = captioner_name(CAPTIONS)
 CAPTION_DIR = f"results/geocaptions/{CAPTIONER}/{CAPTIONS['prompt_version']}"
+SFT_DATASETS = config["sft"]["datasets"]
 BASELINES = config["baselines"]["predictors"]
 PREDICTORS = [*BASELINES]
 
@@ -67,6 +68,7 @@ wildcard_constraints:
     dataset=_alternatives(["corpus", *BENCHMARKS]),
     evalset=_alternatives(EVAL_SETS),
     predictor=_alternatives(PREDICTORS),
+    sft_dataset=_alternatives(SFT_DATASETS),
 
 
 def dataset_config(name):
@@ -112,6 +114,7 @@ def all_targets():
         "results/eval/summary.md",
         f"{CAPTION_DIR}/index.csv",
     ]
+    targets += expand("results/sft/{name}/dataset_info.json", name=SFT_DATASETS)
     targets += expand(
         "results/eval/{predictor}/{evalset}/accuracy.json",
         predictor=PREDICTORS,

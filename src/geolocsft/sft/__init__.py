@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: LLaMA-Factory datasets, training runs and prediction."""

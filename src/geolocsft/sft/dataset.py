@@ -1,0 +1,218 @@
+"""Valid geo-captions → one LLaMA-Factory dataset (ShareGPT format) with its media folder.
+
+Layout of ``results/sft/<name>/``::
+
+    <name>.json          [{"conversations": [{"role": "user", "content": "<image>..."},
+                                             {"role": "assistant", "content": "{...}"}],
+                           "images": ["media/<image_id>.jpg"]}, ...]
+    <name>_val.json      the validation samples (only with a validation fraction > 0)
+    dataset_info.json    LLaMA-Factory's registry: formatting sharegpt, columns, tags
+    media/               every image as 8-bit RGB JPEG, upright, resized to the configured size
+    stats.json           samples, skipped images by reason, target lengths
+
+Image paths are relative to the dataset folder, which LLaMA-Factory uses as ``dataset_dir``
+(and ``media_dir``). The build is deterministic: the same captions and images give the same
+bytes, so a dataset can be audited and re-made from the response store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from geolocsft.errors import GeolocsftError
+
+log = logging.getLogger(__name__)
+
+Target = Literal["full", "answer", "coordinates"]
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """One entry of ``sft.datasets`` in config."""
+
+    name: str
+    target: Target = "full"
+    include_flagged: bool = False
+    validation_fraction: float = 0.0
+    image_max_side: int = 768
+    image_max_pixels: int = 768 * 768
+    jpeg_quality: int = 90
+    split_salt: str = "geolocsft-sft-v1"
+
+
+def assistant_text(caption_document: dict[str, Any], target: Target) -> str:
+    """The assistant turn: the caption (``full``), its answer, or only the coordinates."""
+    caption = caption_document["caption"]
+    if target == "full":
+        if caption.get("thinking") is None:
+            raise GeolocsftError(
+                f"{caption_document['image_id']}: the caption has no reasoning (answer-only "
+                "'metadata' backend): use target 'answer' or 'coordinates' for this dataset"
+            )
+        value: dict[str, Any] = {"thinking": caption["thinking"], "answer": caption["answer"]}
+    elif target == "answer":
+        value = {"answer": caption["answer"]}
+    else:
+        coordinates = caption["answer"]["coordinates"]
+        value = {"latitude": coordinates["latitude"], "longitude": coordinates["longitude"]}
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def media_name(image_id: str) -> str:
+    return f"{image_id}.jpg"
+
+
+def write_media_image(source: Path, destination: Path, settings: DatasetSettings) -> None:
+    """The image as the model will see it: upright 8-bit RGB JPEG within the size limits."""
+    from PIL import Image, ImageOps
+
+    from geolocsft.ingest import to_rgb8
+
+    with Image.open(source) as opened:
+        image = to_rgb8(ImageOps.exif_transpose(opened))
+    image.thumbnail((settings.image_max_side, settings.image_max_side), Image.Resampling.LANCZOS)
+    pixels = image.width * image.height
+    if pixels > settings.image_max_pixels:
+        scale = (settings.image_max_pixels / pixels) ** 0.5
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_suffix(".tmp")
+    image.save(tmp, format="JPEG", quality=settings.jpeg_quality, optimize=True)
+    tmp.replace(destination)
+
+
+def is_validation(image_id: str, fraction: float, salt: str) -> bool:
+    digest = hashlib.sha256(f"{salt}\0{image_id}".encode()).digest()[:8]
+    return int.from_bytes(digest, "big") < int(fraction * 2**64)
+
+
+def dataset_info(name: str, with_validation: bool) -> dict[str, Any]:
+    """LLaMA-Factory's ``dataset_info.json`` entries for the dataset (and its validation part)."""
+
+    def entry(file_name: str) -> dict[str, Any]:
+        return {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "images": "images"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+            },
+        }
+
+    info = {name: entry(f"{name}.json")}
+    if with_validation:
+        info[f"{name}_val"] = entry(f"{name}_val.json")
+    return info
+
+
+def build_dataset(
+    manifest: pl.DataFrame,
+    caption_index: pl.DataFrame,
+    captions_dir: Path,
+    instruction: str,
+    settings: DatasetSettings,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Write the dataset files into ``out_dir``; return the statistics (also in stats.json)."""
+    skipped: Counter[str] = Counter()
+    skipped_examples: dict[str, list[str]] = {}
+
+    def skip(reason: str, image_id: str) -> None:
+        skipped[reason] += 1
+        skipped_examples.setdefault(reason, [])
+        if len(skipped_examples[reason]) < 10:
+            skipped_examples[reason].append(image_id)
+
+    paths = dict(zip(manifest["image_id"], manifest["path"], strict=True))
+    samples: list[tuple[str, dict[str, Any], bool]] = []
+    for row in caption_index.sort("image_id").iter_rows(named=True):
+        image_id = row["image_id"]
+        if row["status"] != "captioned":
+            skip(f"caption_{row['failure_reason'] or 'failed'}", image_id)
+            continue
+        if row["flagged"] and not settings.include_flagged:
+            skip("flagged_caption", image_id)
+            continue
+        if image_id not in paths:
+            skip("not_in_manifest", image_id)
+            continue
+        document = json.loads((captions_dir / f"{image_id}.json").read_text(encoding="utf-8"))
+        sample = {
+            "conversations": [
+                {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"},
+                {"role": "assistant", "content": assistant_text(document, settings.target)},
+            ],
+            "images": [f"media/{media_name(image_id)}"],
+        }
+        validation = is_validation(image_id, settings.validation_fraction, settings.split_salt)
+        samples.append((image_id, sample, validation))
+    if not samples:
+        raise GeolocsftError(
+            f"sft dataset {settings.name}: no usable caption (skipped: {dict(skipped)})"
+        )
+
+    media_dir = out_dir / "media"
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        jobs = [
+            pool.submit(
+                write_media_image,
+                Path(paths[image_id]),
+                media_dir / media_name(image_id),
+                settings,
+            )
+            for image_id, _, _ in samples
+        ]
+        for job in tqdm(jobs, desc="dataset images", unit="img", mininterval=2.0, disable=None):
+            job.result()
+
+    train = [s for _, s, v in samples if not v]
+    validation = [s for _, s, v in samples if v]
+    if not train:
+        raise GeolocsftError(f"sft dataset {settings.name}: every sample fell into validation")
+    write_json(out_dir / f"{settings.name}.json", train)
+    if settings.validation_fraction > 0:
+        write_json(out_dir / f"{settings.name}_val.json", validation)
+    write_json(
+        out_dir / "dataset_info.json", dataset_info(settings.name, settings.validation_fraction > 0)
+    )
+    lengths = np.array([len(s["conversations"][1]["content"]) for _, s, _ in samples])
+    stats = {
+        "dataset": settings.name,
+        "target": settings.target,
+        "samples": len(samples),
+        "train": len(train),
+        "validation": len(validation),
+        "skipped": dict(skipped.most_common()),
+        "skipped_examples": skipped_examples,
+        "target_chars": {
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)),
+            "max": int(lengths.max()),
+        },
+    }
+    write_json(out_dir / "stats.json", stats)
+    log.info("sft dataset %s: %s", settings.name, json.dumps(stats, sort_keys=True))
+    return stats
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=1, sort_keys=False) + "\n")
