@@ -331,6 +331,27 @@ def test_openai_compatible_backend_and_metadata_backend(tmp_path):
     assert document["check"]["answer_distance_km"] == 0.0 and summary["api_calls"] == 0
 
 
+def test_structured_and_grounding_modes_send_what_gemini_expects(tmp_path):
+    items = make_items(tmp_path / "img", 1)
+    with Standin() as standin:
+        run(items, gemini(standin.url), tmp_path / "structured")
+        config = standin.state.last_request["generationConfig"]
+        assert config["responseMimeType"] == "application/json"
+        assert config["responseJsonSchema"] == response_json_schema()
+        assert "tools" not in standin.state.last_request
+        grounded = GeminiBackend(
+            "gemini-2.5-flash", GenerationParams(), base_url=standin.url, mode="grounding"
+        )
+        index, _ = run(items, grounded, tmp_path / "grounding")
+        body = standin.state.last_request
+    assert body["tools"] == [{"googleSearch": {}}]
+    assert "responseJsonSchema" not in body["generationConfig"]
+    prompt = body["contents"][0]["parts"][1]["text"]
+    assert '"elimination_similar_regions"' in prompt  # the schema travels in the prompt
+    # Grounded answers are different requests: they never reuse structured answers.
+    assert index["source"].to_list() == ["api"]
+
+
 def test_missing_api_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY")
     with pytest.raises(GeolocsftError, match="GEMINI_API_KEY"):

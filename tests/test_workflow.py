@@ -70,6 +70,14 @@ def write_config(workdir: Path, **changes: object) -> Path:
     return path
 
 
+def copy_finished_run(run: Path, dest: Path) -> Path:
+    """A copy of a finished run (workflow, data, results, logs, Snakemake's metadata)."""
+    workdir = copy_workflow(dest, with_demo=False)
+    for kept in ("data", "results", "logs", ".snakemake"):
+        shutil.copytree(run / kept, workdir / kept, symlinks=True)
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo workflow run once to completion; tests below only read its results."""
@@ -113,11 +121,16 @@ def test_medoid_baseline_predicts_a_training_location(demo_run):
     assert len(answers) == 1 and answers.pop() in set(train)
 
 
+def test_report_holds_tables_and_plots(demo_run, tmp_path):
+    workdir = copy_finished_run(demo_run, tmp_path / "wf")
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    for name in ("summary.md", "world_map.png", "error_cdf.png", "rejected.csv", "stats.json"):
+        assert name in html
+
+
 def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_path):
-    workdir = copy_workflow(tmp_path / "wf", with_demo=False)
-    shutil.copytree(demo_run / "data", workdir / "data")
-    for kept in ("results", "logs", ".snakemake"):
-        shutil.copytree(demo_run / kept, workdir / kept, symlinks=True)
+    workdir = copy_finished_run(demo_run, tmp_path / "wf")
     assert planned_jobs(workdir) == {}
     with (workdir / "src" / "geolocsft" / "evaluate.py").open("a") as module:
         module.write("\n# a change to the evaluation code\n")
@@ -125,10 +138,7 @@ def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_
 
 
 def test_adding_an_image_reruns_ingest_and_keeps_existing_splits(demo_run, tmp_path):
-    workdir = copy_workflow(tmp_path / "wf", with_demo=False)
-    shutil.copytree(demo_run / "data", workdir / "data")
-    for kept in ("results", "logs", ".snakemake"):
-        shutil.copytree(demo_run / kept, workdir / kept, symlinks=True)
+    workdir = copy_finished_run(demo_run, tmp_path / "wf")
     before = pl.read_parquet(workdir / "results" / "manifest.parquet")
     from PIL import Image
 

@@ -92,6 +92,8 @@ class StandinState:
     faults_sent: Counter[str] = field(default_factory=Counter)
     times: list[float] = field(default_factory=list)
     api_keys: set[str] = field(default_factory=set)
+    #: the body of the latest request, as JSON (to check what the SDK really sent)
+    last_request: dict[str, Any] | None = None
     #: Gemini batch jobs: seconds until a job succeeds, and the jobs by id
     batch_delay_s: float = 0.0
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -158,6 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.headers.get("x-goog-api-key") or self.headers.get("Authorization", "")
         with state.lock:
             state.api_keys.add(key)
+            state.last_request = body
         if self.path.endswith(":generateContent"):
             self._gemini(body, state)
         elif self.path.endswith(":batchGenerateContent"):
