@@ -40,6 +40,7 @@ lint: install
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/snakefmt Snakefile rules

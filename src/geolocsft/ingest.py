@@ -449,8 +449,9 @@ def _candidates_from_table(
 
     ids = table[cols.id].to_list() if cols.id else [None] * table.height
     files = table[cols.file].to_list() if cols.file else [None] * table.height
-    lats = table[cols.lat].to_list()
-    lons = table[cols.lon].to_list()
+    # resolve_columns raised unless both coordinate columns were found.
+    lats = table[str(cols.lat)].to_list()
+    lons = table[str(cols.lon)].to_list()
     for index, (raw_id, raw_file, raw_lat, raw_lon) in enumerate(
         zip(ids, files, lats, lons, strict=True)
     ):

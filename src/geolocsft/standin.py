@@ -157,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
         state = self.server.state
-        key = self.headers.get("x-goog-api-key") or self.headers.get("Authorization", "")
+        key = self.headers.get("x-goog-api-key") or self.headers.get("Authorization") or ""
         with state.lock:
             state.api_keys.add(key)
             state.last_request = body

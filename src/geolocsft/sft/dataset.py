@@ -161,8 +161,8 @@ def build_dataset(
             ],
             "images": [f"media/{media_name(image_id)}"],
         }
-        validation = is_validation(image_id, settings.validation_fraction, settings.split_salt)
-        samples.append((image_id, sample, validation))
+        held_out = is_validation(image_id, settings.validation_fraction, settings.split_salt)
+        samples.append((image_id, sample, held_out))
     if not samples:
         raise GeolocsftError(
             f"sft dataset {settings.name}: no usable caption (skipped: {dict(skipped)})"
