@@ -16,6 +16,7 @@ from geolocsft.workflow import use_checkout_package
 use_checkout_package(SRC_DIR)
 
 from geolocsft.captions.stage import captioner_name, gemini_key_variable
+from geolocsft.sft.models import hub_model_slug
 from geolocsft.errors import GeolocsftError
 from geolocsft.ingest import IMAGE_SUFFIXES, ColumnMap, check_table_columns
 from geolocsft.workflow import code_version
@@ -37,8 +38,37 @@ if CAPTIONS["backend"] == "gemini":
 CAPTIONER = captioner_name(CAPTIONS)
 CAPTION_DIR = f"results/geocaptions/{CAPTIONER}/{CAPTIONS['prompt_version']}"
 SFT_DATASETS = config["sft"]["datasets"]
+SFT_RUNS = config["sft"]["runs"]
 BASELINES = config["baselines"]["predictors"]
-PREDICTORS = [*BASELINES]
+PREDICTORS = [*BASELINES, *SFT_RUNS]
+
+
+def _run_eval_sets(run):
+    chosen = run.get("evaluate_on")
+    return EVAL_SETS if chosen is None else [e for e in EVAL_SETS if e in chosen]
+
+
+# Every (predictor, eval set) pair that gets an accuracy table.
+EVAL_PAIRS = [(p, e) for p in BASELINES for e in EVAL_SETS] + [
+    (name, e) for name, run in SFT_RUNS.items() for e in _run_eval_sets(run)
+]
+for _name, _run in SFT_RUNS.items():
+    if _run["dataset"] not in SFT_DATASETS:
+        raise WorkflowError(
+            f"sft.runs.{_name}.dataset: {_run['dataset']!r} is not in sft.datasets"
+        )
+    for _evalset in _run.get("evaluate_on") or []:
+        if _evalset not in EVAL_SETS:
+            raise WorkflowError(
+                f"sft.runs.{_name}.evaluate_on: unknown eval set {_evalset!r}"
+            )
+
+# Hub models of the runs, by folder name: slug -> (repo id, revision).
+HUB_MODELS = {
+    hub_model_slug(run["model"], run["revision"]): (run["model"], run["revision"])
+    for run in SFT_RUNS.values()
+    if run["model"] != "tiny" and not Path(run["model"]).exists()
+}
 
 
 def _check_dataset(label, dataset):
@@ -68,6 +98,8 @@ wildcard_constraints:
     dataset=_alternatives(["corpus", *BENCHMARKS]),
     evalset=_alternatives(EVAL_SETS),
     predictor=_alternatives(PREDICTORS),
+    run=_alternatives(SFT_RUNS),
+    model_slug=_alternatives(HUB_MODELS),
     sft_dataset=_alternatives(SFT_DATASETS),
 
 
@@ -104,8 +136,65 @@ def dataset_of(evalset):
     return "corpus" if evalset == "holdout" else evalset
 
 
-def eval_outputs(predictor, evalset):
-    return f"results/eval/{predictor}/{evalset}"
+def model_dir(run):
+    """The folder of a run's base model: built, downloaded, or the user's own."""
+    if run["model"] == "tiny":
+        return "results/models/tiny-qwen2vl"
+    if Path(run["model"]).exists():
+        return run["model"]
+    return f"results/models/hub/{hub_model_slug(run['model'], run['revision'])}"
+
+
+def train_inputs(wildcards):
+    run = SFT_RUNS[wildcards.run]
+    folder = f"results/sft/{run['dataset']}"
+    dataset = [
+        f"{folder}/{run['dataset']}.json",
+        f"{folder}/dataset_info.json",
+        f"{folder}/media",
+    ]
+    if not run["retrain_when_dataset_changes"]:
+        # A pinned model: a changed dataset does not make it stale (force with --forcerun).
+        dataset = [ancient(path) for path in dataset]
+    return {
+        "dataset": dataset,
+        "model": model_dir(run),
+        "deepspeed": "config/deepspeed",
+    }
+
+
+def instruction_of_run(name):
+    dataset = SFT_DATASETS[SFT_RUNS[name]["dataset"]]
+    return f"config/prompts/{dataset['instruction']}.txt"
+
+
+# SLURM resources of training and prediction jobs, from each run's `slurm` block.
+SLURM_RESOURCE_DEFAULTS = {
+    "gpu": None,  # the run's `gpus`
+    "cpus_per_gpu": 8,
+    "mem_mb": 64000,
+    "runtime": 720,
+    "slurm_partition": "gpu",
+}
+_SLURM_KEYS = [*SLURM_RESOURCE_DEFAULTS] + sorted(
+    {k for run in SFT_RUNS.values() for k in run["slurm"]}
+    - set(SLURM_RESOURCE_DEFAULTS)
+)
+
+
+def _slurm_resource(key):
+    def value(wildcards):
+        run = SFT_RUNS[wildcards.run]
+        if key in run["slurm"]:
+            return run["slurm"][key]
+        if key == "gpu":
+            return run["gpus"]
+        return SLURM_RESOURCE_DEFAULTS.get(key, "")
+
+    return value
+
+
+TRAIN_RESOURCES = {key: _slurm_resource(key) for key in _SLURM_KEYS}
 
 
 def all_targets():
@@ -115,9 +204,5 @@ def all_targets():
         f"{CAPTION_DIR}/index.csv",
     ]
     targets += expand("results/sft/{name}/dataset_info.json", name=SFT_DATASETS)
-    targets += expand(
-        "results/eval/{predictor}/{evalset}/accuracy.json",
-        predictor=PREDICTORS,
-        evalset=EVAL_SETS,
-    )
+    targets += [f"results/eval/{p}/{e}/accuracy.json" for p, e in EVAL_PAIRS]
     return targets

@@ -71,11 +71,7 @@ rule evaluate:
 
 rule evaluate_summary:
     input:
-        expand(
-            "results/eval/{predictor}/{evalset}/accuracy.json",
-            predictor=PREDICTORS,
-            evalset=EVAL_SETS,
-        ),
+        [f"results/eval/{p}/{e}/accuracy.json" for p, e in EVAL_PAIRS],
     output:
         csv="results/eval/summary.csv",
         md=report(
@@ -89,7 +85,7 @@ rule evaluate_summary:
     conda:
         "../envs/evaluate.yaml"
     params:
-        entries=[{"predictor": p, "evalset": e} for p in PREDICTORS for e in EVAL_SETS],
+        entries=[{"predictor": p, "evalset": e} for p, e in EVAL_PAIRS],
         code=code_version("evaluate", "errors", "workflow"),
     message:
         "One table of every predictor on every eval set"

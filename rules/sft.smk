@@ -1,4 +1,9 @@
-# Supervised fine-tuning: LLaMA-Factory datasets from the valid geo-captions.
+# Supervised fine-tuning: LLaMA-Factory datasets from the valid geo-captions, training runs
+# and their predictions. Downloads stay on the submit host; training and prediction are GPU jobs.
+
+
+localrules:
+    download_model,
 
 
 rule sft_dataset:
@@ -32,3 +37,94 @@ rule sft_dataset:
         "LLaMA-Factory dataset {wildcards.sft_dataset} from the {params.captioner} captions"
     script:
         "../scripts/sft_dataset.py"
+
+
+rule build_tiny_model:
+    output:
+        directory("results/models/tiny-qwen2vl"),
+    log:
+        "logs/sft/build_tiny_model.log",
+    benchmark:
+        "results/runtime/sft/build_tiny_model.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        seed=0,
+        code=code_version("sft.tiny_model", "workflow"),
+    message:
+        "Build the tiny Qwen2-VL-style model locally (random weights, local tokenizer)"
+    script:
+        "../scripts/build_tiny_model.py"
+
+
+rule download_model:
+    output:
+        directory("results/models/hub/{model_slug}"),
+    log:
+        "logs/sft/download-{model_slug}.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        repo_id=lambda wildcards: HUB_MODELS[wildcards.model_slug][0],
+        revision=lambda wildcards: HUB_MODELS[wildcards.model_slug][1],
+        code=code_version("sft.models", "workflow"),
+    message:
+        "Download {params.repo_id} ({params.revision}) from the Hugging Face Hub"
+    script:
+        "../scripts/download_model.py"
+
+
+rule sft_train:
+    input:
+        unpack(train_inputs),
+    output:
+        adapter=directory("results/train/{run}/adapter"),
+        config="results/train/{run}/llamafactory_train.yaml",
+        state="results/train/{run}/trainer_state.json",
+        loss=report(
+            "results/train/{run}/loss.png",
+            category="4. Fine-tuning",
+            caption="../report/loss.rst",
+            labels={"run": "{run}", "plot": "training loss"},
+        ),
+    log:
+        "logs/train/{run}.log",
+    benchmark:
+        "results/runtime/train/{run}.tsv"
+    conda:
+        "../envs/train.yaml"
+    resources:
+        **TRAIN_RESOURCES,
+    params:
+        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        run_dir=lambda wildcards: f"results/train/{wildcards.run}",
+        code=code_version("sft.train", "errors", "workflow"),
+    message:
+        "Fine-tune run {wildcards.run} with LLaMA-Factory"
+    script:
+        "../scripts/sft_train.py"
+
+
+rule predict_sft:
+    input:
+        adapter="results/train/{run}/adapter",
+        model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+        targets=lambda wildcards: manifest_of(dataset_of(wildcards.evalset)),
+        instruction=lambda wildcards: instruction_of_run(wildcards.run),
+    output:
+        "results/predictions/{run}/{evalset}.csv",
+    log:
+        "logs/predict/{run}-{evalset}.log",
+    benchmark:
+        "results/runtime/predict/{run}-{evalset}.tsv"
+    conda:
+        "../envs/train.yaml"
+    resources:
+        **TRAIN_RESOURCES,
+    params:
+        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        code=code_version("sft.predict", "answers", "geo", "ingest", "workflow"),
+    message:
+        "Run {wildcards.run} answers for every image of {wildcards.evalset}"
+    script:
+        "../scripts/predict_sft.py"

@@ -20,7 +20,7 @@ def write_photo(path: Path, seed: int = 0, size: tuple[int, int] = (96, 64)) -> 
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, "RGB").save(path)
+    Image.fromarray(pixels).save(path)
     return path
 
 

@@ -17,6 +17,7 @@ STAGES = {
     "captions": "captions",
     "baselines": "baselines",
     "evaluate": "evaluate",
+    "train": "train",
 }
 
 

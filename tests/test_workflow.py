@@ -109,8 +109,43 @@ def test_demo_produces_manifest_predictions_and_accuracy_tables(demo_run):
         for name in ("error_cdf.png", "world_map.png", "accuracy.md", "per_country.csv"):
             assert (folder / name).stat().st_size > 0
     summary = pl.read_csv(demo_run / "results" / "eval" / "summary.csv")
-    assert summary.height == 2
+    assert summary["predictor"].to_list() == ["medoid", "knn", "tiny-demo"]
     assert (demo_run / "logs" / "ingest" / "corpus.log").is_file()
+
+
+def test_demo_fine_tunes_the_tiny_model_until_it_answers_with_coordinates(demo_run):
+    run = demo_run / "results" / "train" / "tiny-demo"
+    config = yaml.safe_load((run / "llamafactory_train.yaml").read_text())
+    assert config["finetuning_type"] == "lora" and config["template"] == "qwen2_vl"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    losses = [
+        e["loss"]
+        for e in json.loads((run / "trainer_state.json").read_text())["log_history"]
+        if "loss" in e
+    ]
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5])  # it really trained
+    predictions = pl.read_csv(demo_run / "results" / "predictions" / "tiny-demo" / "holdout.csv")
+    parsed = predictions["pred_lat"].is_not_null().mean()
+    assert parsed >= 0.9, predictions.select("raw_answer", "parse_status")
+    accuracy = json.loads(
+        (demo_run / "results" / "eval" / "tiny-demo" / "holdout" / "accuracy.json").read_text()
+    )
+    assert accuracy["n"] == predictions.height
+
+
+def test_untrained_tiny_model_gives_no_parseable_answer(demo_run):
+    from geolocsft.baselines import evaluation_targets
+    from geolocsft.sft.predict import PredictSettings, TransformersPredictor, predict
+
+    instruction = (REPO / "config" / "prompts" / "instruction-answer-v1.txt").read_text()
+    settings = PredictSettings(instruction=instruction, image_max_pixels=50176, max_new_tokens=48)
+    model = demo_run / "results" / "models" / "tiny-qwen2vl"
+    targets = evaluation_targets(pl.read_parquet(demo_run / "results" / "manifest.parquet"))
+    targets = targets.with_columns(
+        pl.format("{}/{}", pl.lit(str(demo_run)), pl.col("path")).alias("path")
+    )
+    untrained = predict(TransformersPredictor(model, None, settings), targets, progress=False)
+    assert untrained["pred_lat"].is_not_null().mean() <= 0.3
 
 
 def test_medoid_baseline_predicts_a_training_location(demo_run):
@@ -134,7 +169,7 @@ def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_
     assert planned_jobs(workdir) == {}
     with (workdir / "src" / "geolocsft" / "evaluate.py").open("a") as module:
         module.write("\n# a change to the evaluation code\n")
-    assert planned_jobs(workdir) == {"evaluate": 2, "evaluate_summary": 1, "all": 1}
+    assert planned_jobs(workdir) == {"evaluate": 3, "evaluate_summary": 1, "all": 1}
 
 
 def test_adding_an_image_reruns_ingest_and_keeps_existing_splits(demo_run, tmp_path):
@@ -219,7 +254,11 @@ def test_im2gps3k_sample_as_a_benchmark(shared_dir, tmp_path):
     )
     assert accuracy["n"] == 200
     summary = pl.read_csv(workdir / "results" / "eval" / "summary.csv")
-    assert summary.height == 4
+    assert summary.filter(pl.col("evalset") == "im2gps3k")["predictor"].to_list() == [
+        "medoid",
+        "knn",
+        "tiny-demo",
+    ]
 
 
 def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
@@ -237,10 +276,19 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
         }
         config = write_config(workdir, captions=captions)
         monkeypatch.setenv("GEMINI_API_KEY", key)
-        snakemake(workdir, "--configfile", str(config))
+        # Captions flow into the fine-tuning dataset (training itself is tested with the demo).
+        snakemake(workdir, "--configfile", str(config), "--until", "sft_dataset")
         first = standin.state.requests
         # Forcing the caption job again (its outputs are deleted first) costs nothing.
-        snakemake(workdir, "--configfile", str(config), "--forcerun", "geocaption")
+        snakemake(
+            workdir,
+            "--configfile",
+            str(config),
+            "--until",
+            "sft_dataset",
+            "--forcerun",
+            "geocaption",
+        )
         assert standin.state.requests == first
         assert standin.state.api_keys == {key}
     manifest = pl.read_parquet(workdir / "results" / "manifest.parquet")
@@ -250,6 +298,8 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
     assert first == len(captioned) + 2  # one 429 and one malformed answer were retried
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["from_store"] == len(captioned) and summary["api_calls"] == 0
+    stats = json.loads((workdir / "results" / "sft" / "geocaptions" / "stats.json").read_text())
+    assert stats["samples"] == len(captioned)
     for root in ("results", "logs", ".snakemake", "cache"):
         for path in (workdir / root).rglob("*"):
             if path.is_file():

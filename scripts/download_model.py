@@ -1,0 +1,13 @@
+"""Snakemake wrapper: download a base model from the Hugging Face Hub (submit host only)."""
+
+from pathlib import Path
+
+from geolocsft.sft.models import download_model
+from geolocsft.workflow import run_script
+
+
+def main(smk) -> None:
+    download_model(smk.params.repo_id, smk.params.revision, Path(smk.output[0]))
+
+
+run_script(snakemake, main)
