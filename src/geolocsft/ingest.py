@@ -550,30 +550,18 @@ def _split_duplicates(
         distinct = {(c.path.resolve(), c.lat, c.lon) for c in group}
         if len(distinct) == 1:
             kept.append(group[0])
-            for dup in group[1:]:
-                rejections.append(
-                    Rejection(
-                        source,
-                        dup.source_row,
-                        image_id,
-                        dup.path.as_posix(),
-                        "duplicate_row",
-                        f"an identical copy of row {group[0].source_row} (kept there)",
-                    )
-                )
+            reason, rejected = "duplicate_row", group[1:]
+            detail = f"an identical copy of row {group[0].source_row} (kept there)"
         else:
-            for dup in group:
-                rejections.append(
-                    Rejection(
-                        source,
-                        dup.source_row,
-                        image_id,
-                        dup.path.as_posix(),
-                        "duplicate_id",
-                        f"the id is used by several rows/files with different files or "
-                        f"coordinates ({rows}); none is kept because which is right is unknown",
-                    )
-                )
+            reason, rejected = "duplicate_id", group
+            detail = (
+                f"the id is used by several rows/files with different files or coordinates "
+                f"({rows}); none is kept because which is right is unknown"
+            )
+        rejections += [
+            Rejection(source, dup.source_row, image_id, dup.path.as_posix(), reason, detail)
+            for dup in rejected
+        ]
     kept.sort(key=lambda c: (c.source_row or 0, c.image_id))
     return kept, rejections
 
