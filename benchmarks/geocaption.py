@@ -358,7 +358,7 @@ def throughput(args: argparse.Namespace, work: Path) -> list[str]:
     lines = [
         f"### Throughput: {n} images, concurrency {c}, stand-in latency {latency:g} s, "
         f"{repeats} repeats (ideal {n} / {c} x {latency:g} s = {ideal_s:.1f} s, "
-        f"{c / latency:.1f} img/s)",
+        f"{c / latency if latency > 0 else float('inf'):.1f} img/s)",
         "",
         f"| run | median wall (s) | min-max (s) | images/s | % of ideal | API requests "
         f"| mean in flight at stand-in{loop} |",
@@ -370,7 +370,7 @@ def throughput(args: argparse.Namespace, work: Path) -> list[str]:
         walls = [t.wall_s for t in timings]
         wall = med(walls)
         requests = med([float(t.api_requests) for t in timings])
-        paced = requests > 0 and not name.startswith("latency 0")
+        paced = requests > 0 and latency > 0 and not name.startswith("latency 0")
         share = f"{100 * ideal_s / wall:.0f}%" if paced else "-"
         flight = [t.in_flight for t in timings if t.in_flight is not None]
         cells = [
@@ -388,7 +388,7 @@ def throughput(args: argparse.Namespace, work: Path) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if args.quick:
         lines += ["", "(--quick: too few images for the throughput goal to mean anything)"]
-    elif repeats:
+    elif repeats and latency > 0:
         wall = med([t.wall_s for t in rows[headline]])
         share = ideal_s / wall
         verdict = "meets" if share >= THROUGHPUT_GOAL else "MISSES"

@@ -129,10 +129,11 @@ DefMemPerCPU=1024
 GresTypes=gpu
 ReturnToService=2
 SchedulerType=sched/backfill
-# Finished jobs stay visible to squeue for MinJobAge s. Snakemake's SLURM plugin polls with
-# squeue only when MinJobAge >= 3 x slurm-init-seconds-before-status-checks (else it falls
-# back to sacct, which fails without accounting).
-MinJobAge=300
+# Finished jobs stay visible to squeue/scontrol for MinJobAge s (default 300). Snakemake's SLURM
+# plugin polls with squeue only when MinJobAge >= 3 x slurm-init-seconds-before-status-checks
+# (else it falls back to sacct, which fails without accounting); an hour also lets the test
+# check every job of a run with `scontrol show job`, there being no sacct.
+MinJobAge=3600
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

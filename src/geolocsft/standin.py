@@ -139,6 +139,7 @@ class StandinState:
 class _Handler(BaseHTTPRequestHandler):
     server: _StandinServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave at once, as from a real server
 
     def log_message(self, format: str, *args: Any) -> None:
         return

@@ -170,6 +170,8 @@ class GeminiBackend:
         self.mode = mode
         self.batch = batch
         self._types = types
+        self._generation_config: Any = None
+        self._sdk = f"google-genai {_package_version('google-genai')}" + (" batch" if batch else "")
         self._client = genai.Client(
             api_key=api_key,
             http_options=types.HttpOptions(
@@ -184,9 +186,15 @@ class GeminiBackend:
         return {**self.params.as_dict(), "mode": self.mode}
 
     def sdk(self) -> str:
-        return f"google-genai {_package_version('google-genai')}" + (" batch" if self.batch else "")
+        return self._sdk
 
     def _config(self) -> Any:
+        """The request's generation config (built once: it is the same for every image)."""
+        if self._generation_config is None:
+            self._generation_config = self._build_config()
+        return self._generation_config
+
+    def _build_config(self) -> Any:
         types = self._types
         common: dict[str, Any] = {
             "temperature": self.params.temperature,

@@ -359,8 +359,9 @@ class CaptionRun:
                     )
                 continue
             if self.backend.paid:
-                self.store.put(key, record)
-            outcome = self._write(item, record, "api")
+                # File writes (with fsync) leave the event loop free for other answers.
+                await asyncio.to_thread(self.store.put, key, record)
+            outcome = await asyncio.to_thread(self._write, item, record, "api")
             outcome.attempts = attempt
             return outcome
         return _Outcome(
