@@ -276,19 +276,12 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
         }
         config = write_config(workdir, captions=captions)
         monkeypatch.setenv("GEMINI_API_KEY", key)
-        # Captions flow into the fine-tuning dataset (training itself is tested with the demo).
-        snakemake(workdir, "--configfile", str(config), "--until", "sft_dataset")
+        # The whole DAG: Gemini captions -> dataset -> LoRA -> predictions -> accuracy tables.
+        snakemake(workdir, "--configfile", str(config))
         first = standin.state.requests
         # Forcing the caption job again (its outputs are deleted first) costs nothing.
-        snakemake(
-            workdir,
-            "--configfile",
-            str(config),
-            "--until",
-            "sft_dataset",
-            "--forcerun",
-            "geocaption",
-        )
+        forced = ("--until", "geocaption", "--forcerun", "geocaption")
+        snakemake(workdir, "--configfile", str(config), *forced)
         assert standin.state.requests == first
         assert standin.state.api_keys == {key}
     manifest = pl.read_parquet(workdir / "results" / "manifest.parquet")
@@ -300,6 +293,8 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
     assert summary["from_store"] == len(captioned) and summary["api_calls"] == 0
     stats = json.loads((workdir / "results" / "sft" / "geocaptions" / "stats.json").read_text())
     assert stats["samples"] == len(captioned)
+    summary_table = pl.read_csv(workdir / "results" / "eval" / "summary.csv")
+    assert "tiny-demo" in summary_table["predictor"].to_list()
     for root in ("results", "logs", ".snakemake", "cache"):
         for path in (workdir / root).rglob("*"):
             if path.is_file():
