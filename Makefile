@@ -25,6 +25,9 @@ demo: install
 	@echo "  accuracy table (all predictors):  results/eval/summary.md  (and summary.csv)"
 	@echo "  per predictor / eval set:         results/eval/<predictor>/<evalset>/  (accuracy.*, plots)"
 	@echo "  manifest:                         results/manifest.parquet  (rejected rows: results/ingest/rejected.csv)"
+	@echo "  geo-captions:                     results/geocaptions/<captioner>/<prompt-version>/"
+	@echo "  fine-tuning dataset, runs:        results/sft/<dataset>/, results/train/<run>/ (adapter, loss.png)"
+	@echo "  predictions:                      results/predictions/<predictor>/<evalset>.csv"
 	@echo "  HTML report:                      $(BIN)/snakemake --report report.html"
 	@echo
 	@cat results/eval/summary.md
