@@ -37,7 +37,7 @@ export DEBIAN_FRONTEND=noninteractive
 t0=$(date +%s.%N)
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
 log() { echo "[slurm-start +$(elapsed)s] $*"; }
-die() { echo "[slurm-start] error: $*" >&2; exit "${2:-1}"; }
+die() { echo "[slurm-start] error: $1" >&2; exit "${2:-1}"; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts daemons as root)" 77
 mkdir -p "$BASE"
@@ -132,7 +132,7 @@ SchedulerType=sched/backfill
 # Finished jobs stay visible to squeue/scontrol for MinJobAge s (default 300). Snakemake's SLURM
 # plugin polls with squeue only when MinJobAge >= 3 x slurm-init-seconds-before-status-checks
 # (else it falls back to sacct, which fails without accounting); an hour also lets the test
-# check every job of a run with `scontrol show job`, there being no sacct.
+# check every job of a run with scontrol show job, there being no sacct.
 MinJobAge=3600
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none

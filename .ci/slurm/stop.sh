@@ -37,9 +37,10 @@ stop_daemon() {
     log "$name: stopped PID $pid"
 }
 
-# slurmd first (it ends its jobs' step daemons), then the controller, then MUNGE.
-stop_daemon slurmd "$BASE/run/slurmd.pid"
-stop_daemon slurmctld "$BASE/run/slurmctld.pid"
+# slurmd (it ends its jobs) and the controller side by side, then MUNGE, which both use.
+stop_daemon slurmd "$BASE/run/slurmd.pid" &
+stop_daemon slurmctld "$BASE/run/slurmctld.pid" &
+wait
 stop_daemon munged "$BASE/munge/munged.pid"
 if [ "${GEOLOCSFT_SLURM_PURGE:-0}" = 1 ]; then
     for f in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
