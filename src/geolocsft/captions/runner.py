@@ -288,8 +288,16 @@ class CaptionRun:
             schema_version=CAPTION_SCHEMA_VERSION,
         )
 
-    def _write(self, item: CaptionItem, stored: dict[str, Any], source: str) -> _Outcome:
-        caption = parse_caption(_response_from_record(stored), self.require_thinking)
+    def _write(
+        self,
+        item: CaptionItem,
+        stored: dict[str, Any],
+        source: str,
+        caption: GeoCaption | None = None,
+    ) -> _Outcome:
+        """Write the caption file of a stored answer (validated unless ``caption`` is given)."""
+        if caption is None:
+            caption = parse_caption(_response_from_record(stored), self.require_thinking)
         document = caption_document(
             item, caption, stored, self.prompt, self.settings.flag_distance_km
         )
@@ -350,7 +358,7 @@ class CaptionRun:
             self.tokens["total"] += response.total_tokens or 0
             record = self._record(item.image_id, item.sha256, key, response)
             try:
-                parse_caption(response, self.require_thinking)
+                caption = parse_caption(response, self.require_thinking)
             except ContentError as exc:
                 reason, detail = exc.reason, exc.detail
                 if self.backend.paid:
@@ -361,7 +369,7 @@ class CaptionRun:
             if self.backend.paid:
                 # File writes (with fsync) leave the event loop free for other answers.
                 await asyncio.to_thread(self.store.put, key, record)
-            outcome = await asyncio.to_thread(self._write, item, record, "api")
+            outcome = await asyncio.to_thread(self._write, item, record, "api", caption)
             outcome.attempts = attempt
             return outcome
         return _Outcome(
