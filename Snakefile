@@ -16,6 +16,7 @@ include: "rules/ingest.smk"
 include: "rules/geocaption.smk"
 include: "rules/sft.smk"
 include: "rules/baselines.smk"
+include: "rules/zeroshot.smk"
 include: "rules/evaluate.smk"
 
 

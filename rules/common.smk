@@ -27,7 +27,10 @@ CORPUS = config["corpus"]
 BENCHMARKS = config["benchmarks"]
 EVAL_SETS = ["holdout", *BENCHMARKS]
 CAPTIONS = config["captions"]
-if CAPTIONS["backend"] == "gemini":
+ZERO_SHOT = config["zero_shot"]["predictors"]
+if CAPTIONS["backend"] == "gemini" or any(
+    p["backend"] == "gemini" for p in ZERO_SHOT.values()
+):
 
     # The key comes from the environment only; Snakemake checks it is set before any job and
     # passes it to remote jobs without writing it anywhere.
@@ -40,7 +43,14 @@ CAPTION_DIR = f"results/geocaptions/{CAPTIONER}/{CAPTIONS['prompt_version']}"
 SFT_DATASETS = config["sft"]["datasets"]
 SFT_RUNS = config["sft"]["runs"]
 BASELINES = config["baselines"]["predictors"]
-PREDICTORS = [*BASELINES, *SFT_RUNS]
+PREDICTORS = [*BASELINES, *SFT_RUNS, *ZERO_SHOT]
+_clashes = sorted(
+    n for n in PREDICTORS if PREDICTORS.count(n) > 1 or n in ("summary", "holdout")
+)
+if _clashes:
+    raise WorkflowError(
+        f"predictor names must be unique across baselines, sft.runs and zero_shot.predictors: {_clashes}"
+    )
 
 
 def _run_eval_sets(run):
@@ -50,8 +60,16 @@ def _run_eval_sets(run):
 
 # Every (predictor, eval set) pair that gets an accuracy table.
 EVAL_PAIRS = [(p, e) for p in BASELINES for e in EVAL_SETS] + [
-    (name, e) for name, run in SFT_RUNS.items() for e in _run_eval_sets(run)
+    (name, e)
+    for name, run in [*SFT_RUNS.items(), *ZERO_SHOT.items()]
+    for e in _run_eval_sets(run)
 ]
+for _name, _predictor in ZERO_SHOT.items():
+    for _evalset in _predictor.get("evaluate_on") or []:
+        if _evalset not in EVAL_SETS:
+            raise WorkflowError(
+                f"zero_shot.predictors.{_name}.evaluate_on: unknown eval set {_evalset!r}"
+            )
 for _name, _run in SFT_RUNS.items():
     if _run["dataset"] not in SFT_DATASETS:
         raise WorkflowError(
@@ -101,6 +119,7 @@ wildcard_constraints:
     run=_alternatives(SFT_RUNS),
     model_slug=_alternatives(HUB_MODELS),
     sft_dataset=_alternatives(SFT_DATASETS),
+    zero_shot=_alternatives(ZERO_SHOT),
 
 
 def dataset_config(name):
