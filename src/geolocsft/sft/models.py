@@ -6,8 +6,14 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geolocsft.hub.acquire import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HUB_CACHE = Path("cache/hub")
 
 
 def hub_model_slug(repo_id: str, revision: str | None) -> str:
@@ -16,18 +22,40 @@ def hub_model_slug(repo_id: str, revision: str | None) -> str:
     return f"{slug}@{re.sub(r'[^A-Za-z0-9_.-]+', '-', revision or 'main')}"
 
 
-def download_model(repo_id: str, revision: str | None, out_dir: Path) -> dict[str, str]:
+def download_model(
+    repo_id: str,
+    revision: str | None,
+    out_dir: Path,
+    cache_dir: Path = DEFAULT_HUB_CACHE,
+    *,
+    endpoint: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
     """Download a model snapshot (resumable) and record the exact commit it resolved to.
 
-    Uses ``huggingface_hub.snapshot_download``, which honours ``HF_ENDPOINT`` (a mirror) and
-    ``HF_TOKEN``, resumes partial files and skips files already present.
+    The files go to the persistent cache ``<cache_dir>/models/<owner>--<name>/`` first (outside
+    ``results/``, so a killed or failed job keeps what it received and the next run resumes it
+    with Range requests, see :func:`geolocsft.hub.acquire.fetch_repo`), then are hard-linked
+    (copied across file systems) into ``out_dir``. ``HF_ENDPOINT`` (a mirror) and ``HF_TOKEN``
+    are honoured. ``out_dir/geolocsft_source.json`` records the repo, the requested revision,
+    the commit and every file with its sha256.
     """
-    from huggingface_hub import HfApi, snapshot_download
+    from geolocsft.hub.acquire import fetch_repo, link_files
 
-    info = HfApi().model_info(repo_id, revision=revision)
-    commit = info.sha or revision or "unknown"
-    snapshot_download(repo_id=repo_id, revision=commit, local_dir=out_dir)
-    provenance = {"repo_id": repo_id, "requested_revision": revision or "main", "commit": commit}
+    fetched = fetch_repo(
+        repo_id, "model", revision, None, cache_dir, endpoint=endpoint, retry=retry
+    )
+    link_files(fetched.files, out_dir)
+    record = fetched.record()
+    provenance = {
+        "repo_id": repo_id,
+        "requested_revision": fetched.requested_revision,
+        "commit": fetched.commit,
+        "endpoint": fetched.endpoint,
+        "huggingface_hub": record["huggingface_hub"],
+        "files": record["files"],
+    }
     (out_dir / "geolocsft_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    log.info("downloaded %s at %s into %s", repo_id, commit, out_dir)
+    count = len(fetched.files)
+    log.info("downloaded %s at %s (%d files) into %s", repo_id, fetched.commit, count, out_dir)
     return provenance
