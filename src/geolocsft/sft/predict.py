@@ -1,26 +1,43 @@
 """Answers of a fine-tuned (or base) vision-language model for benchmark images.
 
-Backend ``transformers``: the base model plus the LoRA adapter, on the GPU when torch sees one,
-else on the CPU. Each answer is parsed by :func:`geolocsft.answers.parse_answer`; a row keeps the
-raw answer and the parse status, and an unparseable answer is a row with empty coordinates (the
-evaluator counts it as a miss), never a dropped row. With ``samples > 1`` the model answers k
-times (sampling) and the prediction is the geodesic medoid of the parseable answers.
+Backends (``sft.runs.<run>.predict.backend``):
+
+``transformers``
+    The base model plus the LoRA adapter with Hugging Face transformers, one image at a time, on
+    the GPU when torch sees one, else on the CPU.
+``vllm``
+    The base model with the LoRA adapter applied per request by vLLM, images sent in batches
+    (GPU only: on a machine where torch sees no CUDA device it stops with a clear message, and
+    vLLM itself is installed on the GPU node, not from constraints.txt, since it pins its own
+    torch).
+
+Both backends build the prompt the same way: the model's processor's chat template over one user
+turn (the image, then the instruction), with the image resized as LLaMA-Factory resized it in
+training (:func:`fit_image`). Each answer is parsed by :func:`geolocsft.answers.parse_answer`; a
+row keeps the raw answer and the parse status, and an unparseable answer is a row with empty
+coordinates (the evaluator counts it as a miss), never a dropped row. With ``samples > 1`` the
+model answers k times (sampling) and the prediction is the geodesic medoid of the parseable
+answers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 from tqdm import tqdm
 
 from geolocsft.answers import parse_answer
+from geolocsft.errors import GeolocsftError
 from geolocsft.geo import geodesic_medoid_index
 
 log = logging.getLogger(__name__)
@@ -36,6 +53,12 @@ PREDICTION_SCHEMA = {
     "answers_parsed": pl.Int64,
 }
 
+BACKENDS = ("transformers", "vllm")
+#: Ranks vLLM accepts for ``max_lora_rank``; an adapter's rank is rounded up to one of them.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+#: LLaMA-Factory's default ``image_min_pixels``.
+IMAGE_MIN_PIXELS = 32 * 32
+
 
 @dataclass(frozen=True)
 class PredictSettings:
@@ -49,7 +72,19 @@ class PredictSettings:
     seed: int = 0
 
 
-def fit_image(image: Any, max_pixels: int, min_pixels: int = 32 * 32) -> Any:
+@dataclass(frozen=True)
+class VLLMSettings:
+    """Engine options of the vllm backend (``sft.runs.<run>.predict.vllm`` in config)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int = 4096
+    batch_size: int = 64
+    #: Further keyword arguments of ``vllm.LLM`` (``enforce_eager``, ``dtype``, ...), verbatim.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_image(image: Any, max_pixels: int, min_pixels: int = IMAGE_MIN_PIXELS) -> Any:
     """Resize as LLaMA-Factory does before its processor, so inference sees training's grid."""
     pixels = image.width * image.height
     if pixels > max_pixels:
@@ -62,6 +97,32 @@ def fit_image(image: Any, max_pixels: int, min_pixels: int = 32 * 32) -> Any:
     if min(image.width, image.height) < 28:
         image = image.resize((max(image.width, 28), max(image.height, 28)))
     return image.convert("RGB")
+
+
+def load_image(path: Path, max_pixels: int, min_pixels: int = IMAGE_MIN_PIXELS) -> Any:
+    """An image file as the model sees it: upright, 8-bit RGB, fitted by :func:`fit_image`."""
+    from PIL import Image, ImageOps
+
+    from geolocsft.ingest import to_rgb8
+
+    with Image.open(path) as opened:
+        return fit_image(to_rgb8(ImageOps.exif_transpose(opened)), max_pixels, min_pixels)
+
+
+def user_turn(instruction: str) -> list[dict[str, Any]]:
+    """The chat of one question: a user turn holding the image, then the instruction."""
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": instruction.strip()}],
+        }
+    ]
+
+
+def chat_prompt(processor: Any, instruction: str) -> str:
+    """The prompt text (the processor's chat template, generation prompt appended)."""
+    text: str = processor.apply_chat_template(user_turn(instruction), add_generation_prompt=True)
+    return text
 
 
 def aggregate(answers: Sequence[str]) -> tuple[float | None, float | None, str, int]:
@@ -78,8 +139,99 @@ def aggregate(answers: Sequence[str]) -> tuple[float | None, float | None, str, 
     return float(lat[best]), float(lon[best]), f"medoid_of_{len(usable)}", len(usable)
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (not whether CUDA_VISIBLE_DEVICES is set)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def require_gpu(backend: str, run_name: str) -> None:
+    """Stop with a clear message when a GPU-only backend is asked for on a machine without one.
+
+    The test is torch's ``cuda.is_available()``: a fake SLURM GPU (or a node whose driver is
+    broken) sets ``CUDA_VISIBLE_DEVICES`` without giving torch a device.
+    """
+    if cuda_available():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    note = (
+        f" (CUDA_VISIBLE_DEVICES={visible!r} is set, but torch sees no device)" if visible else ""
+    )
+    raise GeolocsftError(
+        f"sft.runs.{run_name}: predict backend {backend!r} needs a GPU, and no CUDA device is "
+        f"visible to torch on host {socket.gethostname()}{note}. Run the prediction on a GPU "
+        "node (snakemake --profile profiles/slurm), or set "
+        f"sft.runs.{run_name}.predict.backend: transformers, which also runs on the CPU"
+    )
+
+
+def import_vllm(run_name: str) -> Any:
+    """The ``vllm`` module, or a clear message on how to install it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise GeolocsftError(
+            f"sft.runs.{run_name}: predict backend 'vllm' needs the vllm package, which is not "
+            f"installed in this environment ({exc}). Install it on the GPU node with "
+            "'pip install vllm' (into the job's environment; it is not in constraints.txt "
+            "because it pins its own torch), or set "
+            f"sft.runs.{run_name}.predict.backend: transformers"
+        ) from None
+    return vllm
+
+
+def adapter_rank(adapter: Path) -> int:
+    """The LoRA rank ``r`` of a PEFT adapter folder (its ``adapter_config.json``)."""
+    config_path = adapter / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        return int(config["r"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GeolocsftError(
+            f"{config_path}: not a readable LoRA adapter config with a rank 'r' ({exc})"
+        ) from None
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of rank ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise GeolocsftError(
+        f"LoRA rank {rank} is larger than vLLM supports (at most {VLLM_LORA_RANKS[-1]})"
+    )
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """End-of-turn tokens: ``<|im_end|>`` (chatml) and the tokenizer's own EOS, where known."""
+    ids: list[int] = []
+    for token in ("<|im_end|>", tokenizer.eos_token):
+        if token is None or token not in tokenizer.get_vocab():
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+class Predictor(Protocol):
+    """What :func:`predict` needs of a backend."""
+
+    #: Images per call of :meth:`answers_batch`.
+    batch_size: int
+
+    def answers_batch(self, image_paths: Sequence[Path]) -> list[list[str]]:
+        """The raw answers (``samples`` of them) for each image, in the order given."""
+        ...
+
+
 class TransformersPredictor:
     """Base model + optional LoRA adapter with Hugging Face transformers (GPU if available)."""
+
+    batch_size = 1
 
     def __init__(self, base_model: Path, adapter: Path | None, settings: PredictSettings) -> None:
         import torch
@@ -99,27 +251,13 @@ class TransformersPredictor:
         tokenizer = self.processor.tokenizer
         self.stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
         self.pad_id = tokenizer.pad_token_id
+        self.prompt = chat_prompt(self.processor, settings.instruction)
 
     def answers(self, image_path: Path) -> list[str]:
-        from PIL import Image, ImageOps
-
-        from geolocsft.ingest import to_rgb8
-
-        with Image.open(image_path) as opened:
-            image = fit_image(
-                to_rgb8(ImageOps.exif_transpose(opened)), self.settings.image_max_pixels
-            )
-        messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image"},
-                    {"type": "text", "text": self.settings.instruction.strip()},
-                ],
-            }
-        ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(text=[text], images=[image], return_tensors="pt").to(self.device)
+        image = load_image(image_path, self.settings.image_max_pixels)
+        inputs = self.processor(text=[self.prompt], images=[image], return_tensors="pt").to(
+            self.device
+        )
         sampling = self.settings.samples > 1
         self.torch.manual_seed(self.settings.seed)
         with self.torch.inference_mode():
@@ -140,34 +278,120 @@ class TransformersPredictor:
             for sequence in output
         ]
 
+    def answers_batch(self, image_paths: Sequence[Path]) -> list[list[str]]:
+        return [self.answers(path) for path in image_paths]
 
-def predict(
-    predictor: TransformersPredictor, targets: pl.DataFrame, progress: bool = True
-) -> pl.DataFrame:
+
+class VLLMPredictor:
+    """Base model + optional LoRA adapter with vLLM: batched generation, GPU only.
+
+    The adapter is applied per request (``LoRARequest``), so the base model is loaded once and
+    unchanged; ``max_lora_rank`` comes from the adapter's ``adapter_config.json``.
+    """
+
+    def __init__(
+        self,
+        base_model: Path,
+        adapter: Path | None,
+        settings: PredictSettings,
+        engine: VLLMSettings | None = None,
+        run_name: str = "?",
+    ) -> None:
+        require_gpu("vllm", run_name)
+        vllm = import_vllm(run_name)
+        from transformers import AutoProcessor
+
+        engine = engine or VLLMSettings()
+        self.settings = settings
+        self.batch_size = engine.batch_size
+        self.processor = AutoProcessor.from_pretrained(base_model)
+        self.prompt = chat_prompt(self.processor, settings.instruction)
+        options: dict[str, Any] = {
+            "model": str(base_model),
+            "limit_mm_per_prompt": {"image": 1},
+            "max_model_len": engine.max_model_len,
+            "tensor_parallel_size": engine.tensor_parallel_size,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "seed": settings.seed,
+        }
+        self.lora_request: Any = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            options |= {
+                "enable_lora": True,
+                "max_lora_rank": vllm_lora_rank(adapter_rank(adapter)),
+                "max_loras": 1,
+            }
+            self.lora_request = LoRARequest("adapter", 1, str(adapter))
+        options |= engine.extra
+        log.info("vllm engine options: %s", options)
+        self.llm = vllm.LLM(**options)
+        sampling = settings.samples > 1
+        self.sampling_params = vllm.SamplingParams(
+            n=settings.samples,
+            temperature=settings.temperature if sampling else 0.0,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            stop_token_ids=stop_token_ids(self.processor.tokenizer),
+            skip_special_tokens=True,
+        )
+
+    def requests(self, image_paths: Sequence[Path]) -> list[dict[str, Any]]:
+        """One vLLM prompt per image: the chat-template text and the fitted image."""
+        return [
+            {
+                "prompt": self.prompt,
+                "multi_modal_data": {"image": load_image(path, self.settings.image_max_pixels)},
+            }
+            for path in image_paths
+        ]
+
+    def answers_batch(self, image_paths: Sequence[Path]) -> list[list[str]]:
+        outputs = self.llm.generate(
+            self.requests(image_paths),
+            self.sampling_params,
+            use_tqdm=False,
+            lora_request=self.lora_request,
+        )
+        if len(outputs) != len(image_paths):
+            raise RuntimeError(f"vllm returned {len(outputs)} outputs for {len(image_paths)}")
+        return [[completion.text for completion in output.outputs] for output in outputs]
+
+
+def predict(predictor: Predictor, targets: pl.DataFrame, progress: bool = True) -> pl.DataFrame:
     """One row per target image (test split of a manifest), in the prediction table's columns."""
     rows = []
-    for row in tqdm(
-        targets.iter_rows(named=True),
+    batch_size = max(1, int(predictor.batch_size))
+    with tqdm(
         total=targets.height,
         desc="predicting",
         unit="img",
         disable=not progress or None,
         mininterval=2.0,
-    ):
-        answers = predictor.answers(Path(row["path"]))
-        lat, lon, status, parsed = aggregate(answers)
-        rows.append(
-            {
-                "image_id": row["image_id"],
-                "pred_lat": lat,
-                "pred_lon": lon,
-                "true_lat": row["lat"],
-                "true_lon": row["lon"],
-                "raw_answer": answers[0] if len(answers) == 1 else "\n---\n".join(answers),
-                "parse_status": status,
-                "answers_parsed": parsed,
-            }
-        )
+    ) as bar:
+        for batch in targets.iter_slices(batch_size):
+            paths = [Path(p) for p in batch["path"]]
+            batch_answers = predictor.answers_batch(paths)
+            if len(batch_answers) != batch.height:
+                raise RuntimeError(
+                    f"the predictor answered {len(batch_answers)} of {batch.height} images"
+                )
+            for row, answers in zip(batch.iter_rows(named=True), batch_answers, strict=True):
+                lat, lon, status, parsed = aggregate(answers)
+                rows.append(
+                    {
+                        "image_id": row["image_id"],
+                        "pred_lat": lat,
+                        "pred_lon": lon,
+                        "true_lat": row["lat"],
+                        "true_lon": row["lon"],
+                        "raw_answer": answers[0] if len(answers) == 1 else "\n---\n".join(answers),
+                        "parse_status": status,
+                        "answers_parsed": parsed,
+                    }
+                )
+            bar.update(batch.height)
     table = pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
     unparseable = int(table["pred_lat"].is_null().sum())
     log.info("%d predictions, %d unparseable answers", table.height, unparseable)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 DEEPSPEED_CONFIGS = {"z2": "ds_z2_config.json", "z3": "ds_z3_config.json"}
 #: Keys of a run's config that the workflow uses, not the training itself.
 WORKFLOW_KEYS = frozenset(
-    {"slurm", "retrain_when_dataset_changes", "evaluate_on", "predict", "revision"}
+    {"slurm", "retrain_when_dataset_changes", "evaluate_on", "predict", "revision", "on_truncation"}
 )
 
 

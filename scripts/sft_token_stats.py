@@ -1,0 +1,28 @@
+"""Snakemake wrapper: token lengths of a run's dataset vs its cutoff_len (see sft.token_stats)."""
+
+import json
+from pathlib import Path
+
+from geolocsft.sft.token_stats import plot_lengths, summarize, token_lengths
+from geolocsft.workflow import run_script
+
+
+def main(smk) -> None:
+    run = smk.params.settings
+    name = smk.wildcards.run
+    dataset_json = Path(smk.input.dataset)
+    lengths = token_lengths(
+        dataset_json,
+        media_dir=Path(smk.input.media).parent,  # image paths are relative to the dataset folder
+        model_dir=Path(smk.input.model),
+        image_max_pixels=run["image_max_pixels"],
+    )
+    cutoff_len = run["cutoff_len"]
+    if hasattr(smk.output, "plot"):
+        plot_lengths(lengths, cutoff_len, Path(smk.output.plot), f"run {name}")
+    stats = summarize(lengths, cutoff_len, on_truncation=run.get("on_truncation", "warn"))
+    stats = {"run": name, "dataset": str(dataset_json), "model": str(smk.input.model), **stats}
+    Path(smk.output.stats).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+
+
+run_script(snakemake, main)
