@@ -7,7 +7,7 @@ from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    build_tiny_model(Path(smk.output[0]), seed=smk.params.seed)
+    build_tiny_model(Path(smk.output.model), seed=smk.params.seed)
 
 
 run_script(snakemake, main)

@@ -9,7 +9,7 @@ from geolocsft.workflow import run_script
 def main(smk) -> None:
     manifest = pl.read_parquet(smk.input.manifest)
     features = compute_features(manifest, FeatureSettings(**smk.params.settings))
-    features.write_parquet(smk.output[0])
+    features.write_parquet(smk.output.features)
 
 
 run_script(snakemake, main)

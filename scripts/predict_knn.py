@@ -16,7 +16,7 @@ def main(smk) -> None:
         pl.read_parquet(smk.input.target_features),
         neighbors=smk.params.neighbors,
     )
-    predictions.write_csv(smk.output[0])
+    predictions.write_csv(smk.output.predictions)
 
 
 run_script(snakemake, main)

@@ -9,7 +9,7 @@ from geolocsft.workflow import run_script
 def main(smk) -> None:
     train = training_rows(pl.read_parquet(smk.input.corpus))
     targets = evaluation_targets(pl.read_parquet(smk.input.targets))
-    predict_medoid(train, targets, seed=smk.params.seed).write_csv(smk.output[0])
+    predict_medoid(train, targets, seed=smk.params.seed).write_csv(smk.output.predictions)
 
 
 run_script(snakemake, main)

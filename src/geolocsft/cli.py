@@ -151,6 +151,77 @@ def default_evaluate_dir(predictions: Path) -> Path:
     return predictions.parent / f"{predictions.stem}_eval"
 
 
+def add_audit_command(subparsers: Subparsers) -> argparse.ArgumentParser:
+    """``geolocsft audit``: re-hash every artifact of the audit manifest and report drift."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "audit",
+        help="re-hash every artifact and report drift (missing, changed, other code/config)",
+        description=(
+            "Re-hash every artifact listed in results/audit/manifest.json (written by the "
+            "workflow's last job) and report each one that is missing, changed since, made by "
+            "package code that has changed since, or whose job's config subset, input set or "
+            "rule code Snakemake now sees as changed (snakemake --list-changes). Exit status 0 "
+            "when nothing drifted, 2 when something did."
+        ),
+    )
+    parser.add_argument(
+        "--directory",
+        "-d",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="the workflow's working directory (default: the current one)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("results/audit/manifest.json"),
+        metavar="FILE",
+        help="the audit manifest, relative to DIR (default: results/audit/manifest.json)",
+    )
+    parser.add_argument(
+        "--no-snakemake",
+        action="store_true",
+        help="skip asking Snakemake about changed params, inputs and rule code (hashes and "
+        "package code only)",
+    )
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config file(s) the workflow was run with (passed on to snakemake)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument("--all", action="store_true", help="list unchanged artifacts too")
+    parser.set_defaults(handler=run_audit)
+    return parser
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Handler of ``geolocsft audit``."""
+    import dataclasses
+    import json
+
+    from geolocsft.audit import audit, format_findings
+
+    snakemake_args: list[str] = []
+    for path in args.configfile:
+        snakemake_args += ["--configfile", str(path)]
+    findings = audit(
+        args.directory.resolve(),
+        args.manifest,
+        check_snakemake=not args.no_snakemake,
+        snakemake_args=snakemake_args,
+    )
+    if args.json:
+        print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+    else:
+        print(format_findings(findings, show_ok=args.all))
+    return 0 if all(f.status == "ok" for f in findings) else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geolocsft",
@@ -164,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="log only warnings")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_evaluate_command(subparsers)
+    add_audit_command(subparsers)
     return parser
 
 

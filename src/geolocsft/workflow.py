@@ -11,7 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,39 @@ from geolocsft.errors import GeolocsftError
 PACKAGE = "geolocsft"
 
 
+def _module_source(name: str, src_dir: Path | None) -> Path:
+    if src_dir is not None:
+        base = src_dir / PACKAGE / Path(*name.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        raise GeolocsftError(f"{PACKAGE}.{name} is not a module of the package in {src_dir}")
+    spec = importlib.util.find_spec(f"{PACKAGE}.{name}")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"{PACKAGE}.{name} is not a module of the package")
+    return Path(spec.origin)
+
+
+def code_version_from_files(modules: Sequence[str], src_dir: Path | None = None) -> str:
+    """``"<module>,<module>:<hash>"``: the modules and a short hash of their source.
+
+    ``src_dir`` is a checkout's ``src/`` folder; ``None`` uses the importable package.
+    """
+    names = sorted(set(modules))
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0" + _module_source(name, src_dir).read_bytes() + b"\0")
+    return f"{','.join(names)}:{digest.hexdigest()[:16]}"
+
+
 def code_version(*modules: str) -> str:
-    """A short hash of the source of the named ``geolocsft`` modules.
+    """The version of the named ``geolocsft`` modules' code, as ``"modules:hash"``.
 
     Snakemake does not track code that a script imports; rules pass this as a ``param`` so that
     a change to the package code they use makes them rerun (params are a default rerun trigger).
+    The module names in it let ``geolocsft audit`` recompute it later.
     """
-    digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        spec = importlib.util.find_spec(f"{PACKAGE}.{name}")
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"{PACKAGE}.{name} is not a module of the package")
-        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return code_version_from_files(modules)
 
 
 def use_checkout_package(src_dir: Path) -> None:
@@ -63,6 +83,17 @@ def configure_logging(log_path: str | Path | None, level: int = logging.INFO) ->
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def write_provenance(smk: Any) -> None:
+    """The job's provenance record, at its declared output ``provenance`` (see geolocsft.audit)."""
+    from geolocsft.audit import job_record, write_json
+
+    record_path = Path(smk.output.provenance)
+    outputs = [str(p) for p in smk.output if str(p) != str(record_path)]
+    params = {name: value for name, value in smk.params.items()}
+    record = job_record(smk.rule, dict(smk.wildcards.items()), list(smk.input), outputs, params)
+    write_json(record_path, record)
+
+
 def run_script(smk: Any, main: Callable[[Any], None]) -> None:
     """Run a rule's ``main(snakemake)`` with logging set up and clean user-facing errors.
 
@@ -74,6 +105,8 @@ def run_script(smk: Any, main: Callable[[Any], None]) -> None:
     logger = logging.getLogger(f"{PACKAGE}.rule.{smk.rule}")
     try:
         main(smk)
+        if getattr(smk.output, "provenance", None):
+            write_provenance(smk)
     except GeolocsftError as exc:
         logger.error("%s", exc)
         raise SystemExit(1) from None

@@ -1,0 +1,360 @@
+"""Provenance of every artifact, the audit manifest, and the drift check (``geolocsft audit``).
+
+Every job of the workflow writes a provenance record
+(``results/audit/provenance/<rule>/<wildcards>.json``, a declared output of the job) when it
+succeeds: its outputs and inputs with their sha256, the config subset it ran with (its params),
+the package modules it ran and their code version, the versions of the packages that matter, and
+the git commit of the checkout. The ``audit_manifest`` rule collects the records of every job
+into ``results/audit/manifest.json``, with the sha256 of every artifact as it is now.
+
+:func:`audit` re-hashes everything the manifest lists and reports drift:
+
+* ``missing``: an artifact is gone;
+* ``changed``: its bytes are not those the manifest recorded;
+* ``code_changed``: the package code its job ran has changed since (a rerun would differ);
+* ``config_changed``: Snakemake says the job's params (its config subset) or its set of input
+  files are no longer what they were (read from ``snakemake --summary``);
+* ``stale``: an input of its job is newer than it (an upstream artifact was remade);
+* ``ok`` otherwise.
+
+A directory artifact is hashed as a tree: the sha256 of its sorted (relative path, file sha256)
+pairs, so a renamed, added or changed file changes it. Secrets never enter a record: the records
+hold params and hashes, never the environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geolocsft.errors import GeolocsftError
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_SCHEMA = "geolocsft-provenance-1"
+MANIFEST_SCHEMA = "geolocsft-audit-manifest-1"
+#: The distributions whose versions each record keeps (those installed).
+TRACKED_PACKAGES = (
+    "geolocsft",
+    "snakemake",
+    "polars",
+    "numpy",
+    "pillow",
+    "pydantic",
+    "google-genai",
+    "openai",
+    "huggingface-hub",
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "llamafactory",
+    "deepspeed",
+    "vllm",
+    "scikit-learn",
+    "pyproj",
+    "matplotlib",
+)
+_CHUNK = 1 << 20
+#: Files inside directory outputs that are not part of the artifact: Snakemake's own marker.
+IGNORED_FILES = frozenset({".snakemake_timestamp"})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_digest(path: Path) -> dict[str, Any]:
+    """``{"kind", "sha256", "bytes"[, "files"]}`` of a file or a directory tree."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        files = 0
+        size = 0
+        files_in_tree = (p for p in path.rglob("*") if p.is_file() and p.name not in IGNORED_FILES)
+        for item in sorted(files_in_tree):
+            relative = item.relative_to(path).as_posix()
+            digest.update(f"{relative}\0{file_sha256(item)}\n".encode())
+            files += 1
+            size += item.stat().st_size
+        return {"kind": "directory", "sha256": digest.hexdigest(), "bytes": size, "files": files}
+    if path.is_file():
+        return {"kind": "file", "sha256": file_sha256(path), "bytes": path.stat().st_size}
+    raise FileNotFoundError(path)
+
+
+def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def checkout_root() -> Path:
+    """The folder that holds this package's ``src/`` (the workflow checkout)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    """The commit of a git checkout and whether tracked files differ from it."""
+    if not (root / ".git").exists():
+        return {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def to_jsonable(value: Any) -> Any:
+    """Params as JSON: mappings, sequences and scalars; anything else as its string."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def canonical_sha256(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_code_version(version: str) -> tuple[list[str], str]:
+    """``"errors,evaluate:ab12…"`` -> (["errors", "evaluate"], "ab12…")."""
+    modules, _, digest = version.rpartition(":")
+    return [m for m in modules.split(",") if m], digest
+
+
+def job_record(
+    rule: str,
+    wildcards: Mapping[str, str],
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    params: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The provenance record of a finished job (``outputs`` without the record itself)."""
+    recorded: dict[str, Any] = to_jsonable(dict(params))
+    code = recorded.pop("code", None)
+    modules, code_digest = split_code_version(code) if isinstance(code, str) else ([], None)
+    input_digests = {}
+    for path in dict.fromkeys(inputs):
+        try:
+            input_digests[path] = artifact_digest(Path(path))
+        except FileNotFoundError:
+            input_digests[path] = {"kind": "missing"}
+    return {
+        "schema": PROVENANCE_SCHEMA,
+        "rule": rule,
+        "wildcards": dict(wildcards),
+        "outputs": {path: artifact_digest(Path(path)) for path in dict.fromkeys(outputs)},
+        "inputs": input_digests,
+        "params": recorded,
+        "params_sha256": canonical_sha256(recorded),
+        "code": {"version": code_digest, "modules": modules},
+        "packages": package_versions(),
+        "git": git_state(checkout_root()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
+    """Every artifact of the given provenance records, with its sha256 as it is now."""
+    artifacts: dict[str, Any] = {}
+    for record_path in sorted(record_paths):
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("schema") != PROVENANCE_SCHEMA:
+            raise GeolocsftError(f"{record_path}: not a {PROVENANCE_SCHEMA} record")
+        for path, recorded in record["outputs"].items():
+            now = artifact_digest(Path(path))
+            if now["sha256"] != recorded["sha256"]:
+                log.warning("%s changed after its job (rule %s) wrote it", path, record["rule"])
+            artifacts[path] = {**now, "rule": record["rule"], "provenance": str(record_path)}
+        artifacts[str(record_path)] = {
+            **artifact_digest(record_path),
+            "rule": record["rule"],
+            "provenance": str(record_path),
+        }
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": git_state(checkout_root()),
+        "packages": package_versions(),
+        "artifacts": dict(sorted(artifacts.items())),
+    }
+
+
+def code_version_of(modules: Sequence[str], src_dir: Path) -> str:
+    """The code version of ``modules`` as the source under ``src_dir`` has them now."""
+    from geolocsft.workflow import code_version_from_files
+
+    return code_version_from_files(modules, src_dir)
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    status: str
+    rule: str
+    detail: str = ""
+
+
+#: ``snakemake --summary`` status -> (finding status, explanation).
+SUMMARY_STATUS = {
+    "rule implementation changed": ("code_changed", "the rule's code changed (snakemake)"),
+    "params changed": ("config_changed", "the job's params (config subset) changed (snakemake)"),
+    "set of input files changed": ("config_changed", "the job's set of inputs changed (snakemake)"),
+    "updated input files": ("stale", "an input is newer than this artifact (snakemake)"),
+}
+
+
+def snakemake_status(workdir: Path, extra_args: Sequence[str] = ()) -> dict[str, tuple[str, str]]:
+    """Output -> (finding status, explanation) for every output Snakemake sees as out of date.
+
+    Reads ``snakemake --summary`` (one tab-separated row per output: file, date, rule, log,
+    status, plan). ``--list-changes params`` is not used: in Snakemake 9.27 it lists outputs
+    whose params did not change too.
+    """
+    command = [sys.executable, "-m", "snakemake", "--summary", "--nolock", *extra_args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=600, env=env
+    )
+    if result.returncode != 0:
+        raise GeolocsftError(f"snakemake --summary failed in {workdir}:\n{result.stderr.strip()}")
+    drift = {}
+    for line in result.stdout.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 6 and fields[4] in SUMMARY_STATUS:
+            drift[fields[0]] = SUMMARY_STATUS[fields[4]]
+    return drift
+
+
+def audit(
+    workdir: Path,
+    manifest_path: Path,
+    check_snakemake: bool = True,
+    snakemake_args: Sequence[str] = (),
+) -> list[Finding]:
+    """Re-hash every artifact of the manifest and say what drifted (see the module doc)."""
+    manifest_file = manifest_path if manifest_path.is_absolute() else workdir / manifest_path
+    if not manifest_file.is_file():
+        raise GeolocsftError(
+            f"{manifest_file}: no audit manifest; run the workflow first (its last job writes it)"
+        )
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    if manifest.get("schema") != MANIFEST_SCHEMA:
+        raise GeolocsftError(f"{manifest_file}: not a {MANIFEST_SCHEMA} file")
+    src_dir = workdir / "src"
+    records: dict[str, dict[str, Any]] = {}
+    code_drift: dict[str, str] = {}
+    for entry in manifest["artifacts"].values():
+        record_path = entry["provenance"]
+        if record_path in records:
+            continue
+        try:
+            record = json.loads((workdir / record_path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # reported as missing/changed below
+        records[record_path] = record
+        code = record["code"]
+        if code["version"] and code["modules"]:
+            try:
+                now = split_code_version(code_version_of(code["modules"], src_dir))[1]
+            except GeolocsftError as exc:
+                code_drift[record_path] = str(exc)
+                continue
+            if now != code["version"]:
+                code_drift[record_path] = (
+                    f"modules {', '.join(code['modules'])}: code {code['version']} then, {now} now"
+                )
+    # Snakemake's own view: params (config subset and code version), input set, rule code.
+    snakemake_drift = snakemake_status(workdir, snakemake_args) if check_snakemake else {}
+    findings = []
+    for path, entry in manifest["artifacts"].items():
+        rule = entry["rule"]
+        target = workdir / path
+        if not target.exists():
+            findings.append(Finding(path, "missing", rule, "listed in the manifest, not on disk"))
+            continue
+        current = artifact_digest(target)
+        if current["sha256"] != entry["sha256"]:
+            findings.append(
+                Finding(
+                    path,
+                    "changed",
+                    rule,
+                    f"sha256 {entry['sha256'][:12]}… then, now {current['sha256'][:12]}…",
+                )
+            )
+        elif entry["provenance"] in code_drift:
+            findings.append(Finding(path, "code_changed", rule, code_drift[entry["provenance"]]))
+        elif path in snakemake_drift:
+            status, detail = snakemake_drift[path]
+            findings.append(Finding(path, status, rule, detail))
+        else:
+            findings.append(Finding(path, "ok", rule))
+    return findings
+
+
+def format_findings(findings: Sequence[Finding], show_ok: bool = False) -> str:
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding.status] = counts.get(finding.status, 0) + 1
+    lines = [
+        f"{f.status:<15} {f.path}  ({f.rule}{': ' + f.detail if f.detail else ''})"
+        for f in findings
+        if show_ok or f.status != "ok"
+    ]
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    lines.append(f"{len(findings)} artifacts: {summary}")
+    return "\n".join(lines)
