@@ -12,12 +12,14 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/acquire.smk"
 include: "rules/ingest.smk"
 include: "rules/geocaption.smk"
 include: "rules/sft.smk"
 include: "rules/baselines.smk"
 include: "rules/zeroshot.smk"
 include: "rules/evaluate.smk"
+include: "rules/audit.smk"
 
 
 rule all:

@@ -5,7 +5,8 @@ rule image_features:
     input:
         manifest=lambda wildcards: manifest_of(wildcards.dataset),
     output:
-        "results/baselines/features/{dataset}.parquet",
+        features="results/baselines/features/{dataset}.parquet",
+        provenance=provenance("image_features", "{dataset}"),
     log:
         "logs/baselines/features-{dataset}.log",
     benchmark:
@@ -29,7 +30,8 @@ rule predict_medoid:
         corpus="results/manifest.parquet",
         targets=lambda wildcards: manifest_of(dataset_of(wildcards.evalset)),
     output:
-        "results/predictions/medoid/{evalset}.csv",
+        predictions="results/predictions/medoid/{evalset}.csv",
+        provenance=provenance("predict_medoid", "{evalset}"),
     log:
         "logs/predict/medoid-{evalset}.log",
     conda:
@@ -52,7 +54,8 @@ rule predict_knn:
             f"results/baselines/features/{dataset_of(wildcards.evalset)}.parquet"
         ),
     output:
-        "results/predictions/knn/{evalset}.csv",
+        predictions="results/predictions/knn/{evalset}.csv",
+        provenance=provenance("predict_knn", "{evalset}"),
     log:
         "logs/predict/knn-{evalset}.log",
     conda:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 SRC_DIR = Path(workflow.basedir) / "src"
@@ -18,13 +19,17 @@ use_checkout_package(SRC_DIR)
 from geolocsft.captions.stage import captioner_name, gemini_key_variable
 from geolocsft.sft.models import hub_model_slug
 from geolocsft.errors import GeolocsftError
+from geolocsft.hub.acquire import ACQUIRED_COLUMNS
 from geolocsft.ingest import IMAGE_SUFFIXES, ColumnMap, check_table_columns
+from geolocsft.sft.train import WORKFLOW_KEYS
 from geolocsft.workflow import code_version
 
 validate(config, "../config/schema/config.schema.yaml")
 
 CORPUS = config["corpus"]
 BENCHMARKS = config["benchmarks"]
+# Hub datasets fetched and unpacked by rules/acquire.smk (results/acquired/<name>/).
+ACQUIRE = config["acquire"]["datasets"]
 EVAL_SETS = ["holdout", *BENCHMARKS]
 CAPTIONS = config["captions"]
 ZERO_SHOT = config["zero_shot"]["predictors"]
@@ -58,10 +63,34 @@ def _run_eval_sets(run):
     return EVAL_SETS if chosen is None else [e for e in EVAL_SETS if e in chosen]
 
 
+def _skipped_gpu_only_runs():
+    """Runs whose GPU-only predict backend cannot run here: local jobs and no GPU for torch."""
+    gpu_only = [n for n, r in SFT_RUNS.items() if r["predict"]["backend"] == "vllm"]
+    if not gpu_only or not config["sft"]["skip_gpu_only_without_gpu"]:
+        return []
+    if not (workflow.is_main_process and workflow.local_exec):
+        return []  # a cluster executor sends them to GPU nodes
+    from geolocsft.sft.predict import cuda_available
+
+    if cuda_available():
+        return []
+    for name in gpu_only:
+        logger.warning(
+            f"Skipping the predictions of run {name!r}: its predict backend 'vllm' needs a "
+            "GPU, and torch sees none on this machine. Run through a cluster profile "
+            "(--profile profiles/slurm), set "
+            f"sft.runs.{name}.predict.backend: transformers, or set "
+            "sft.skip_gpu_only_without_gpu: false to plan them anyway."
+        )
+    return gpu_only
+
+
+SKIPPED_GPU_ONLY_RUNS = _skipped_gpu_only_runs()
 # Every (predictor, eval set) pair that gets an accuracy table.
 EVAL_PAIRS = [(p, e) for p in BASELINES for e in EVAL_SETS] + [
     (name, e)
     for name, run in [*SFT_RUNS.items(), *ZERO_SHOT.items()]
+    if name not in SKIPPED_GPU_ONLY_RUNS
     for e in _run_eval_sets(run)
 ]
 for _name, _predictor in ZERO_SHOT.items():
@@ -90,6 +119,18 @@ HUB_MODELS = {
 
 
 def _check_dataset(label, dataset):
+    if dataset.get("acquired"):
+        # Its files exist only once acquire_dataset has run: nothing to check on disk yet.
+        if dataset["acquired"] not in ACQUIRE:
+            raise WorkflowError(
+                f"{label}.acquired: {dataset['acquired']!r} is not in acquire.datasets "
+                f"(configured: {sorted(ACQUIRE) or 'none'})"
+            )
+        return
+    if "images" not in dataset:
+        raise WorkflowError(
+            f"{label}: set images (a folder) or acquired (a Hub dataset)"
+        )
     images = Path(dataset["images"])
     if not images.is_dir():
         raise WorkflowError(f"{label}.images: image folder {images} not found")
@@ -118,18 +159,42 @@ wildcard_constraints:
     predictor=_alternatives(PREDICTORS),
     run=_alternatives(SFT_RUNS),
     model_slug=_alternatives(HUB_MODELS),
+    acquired=_alternatives(ACQUIRE),
     sft_dataset=_alternatives(SFT_DATASETS),
     zero_shot=_alternatives(ZERO_SHOT),
 
 
+def acquired_dir(name):
+    """The folder acquire_dataset unpacks the Hub dataset `name` into."""
+    return f"results/acquired/{name}"
+
+
 def dataset_config(name):
-    """The config block of a dataset: 'corpus' or a benchmark name."""
-    return CORPUS if name == "corpus" else BENCHMARKS[name]
+    """The config block of a dataset: 'corpus' or a benchmark name. For an acquired dataset,
+    its images, metadata and columns are those acquire_dataset writes."""
+    dataset = CORPUS if name == "corpus" else BENCHMARKS[name]
+    if dataset.get("acquired"):
+        folder = acquired_dir(dataset["acquired"])
+        return {
+            **dataset,
+            "images": f"{folder}/images",
+            "metadata": f"{folder}/metadata.csv",
+            "columns": dict(ACQUIRED_COLUMNS),
+        }
+    return dataset
 
 
 def dataset_inputs(name):
-    """Inputs of a dataset's ingest: its image files and its metadata table, if any."""
+    """Inputs of a dataset's ingest: its image files and its metadata table, if any. An acquired
+    dataset's are the outputs of its acquire_dataset job (so ingest runs after it)."""
     dataset = dataset_config(name)
+    if dataset.get("acquired"):
+        folder = acquired_dir(dataset["acquired"])
+        return {
+            "images": f"{folder}/images",
+            "metadata": f"{folder}/metadata.csv",
+            "source": f"{folder}/source.json",
+        }
     folder = Path(dataset["images"])
     inputs = {
         "images": sorted(
@@ -179,7 +244,15 @@ def train_inputs(wildcards):
         "dataset": dataset,
         "model": model_dir(run),
         "deepspeed": "config/deepspeed",
+        # The token-length check runs first, so on_truncation: fail stops a run before training;
+        # ancient(): a change to the check alone never retrains a model.
+        "token_stats": ancient(f"results/train/{wildcards.run}/token_lengths.json"),
     }
+
+
+def training_settings(name):
+    """The keys of a run that shape its model (see geolocsft.sft.train.WORKFLOW_KEYS)."""
+    return {k: v for k, v in SFT_RUNS[name].items() if k not in WORKFLOW_KEYS}
 
 
 def instruction_of_run(name):
@@ -216,6 +289,40 @@ def _slurm_resource(key):
 TRAIN_RESOURCES = {key: _slurm_resource(key) for key in _SLURM_KEYS}
 
 
+def provenance(rule, *wildcards):
+    """The provenance record of a job of `rule` (a declared output; see geolocsft.audit)."""
+    key = str(Path(*wildcards)) if wildcards else "job"
+    return f"results/audit/provenance/{rule}/{key}.json"
+
+
+def all_provenance():
+    """The provenance record of every job in the DAG of `all`, for the audit manifest."""
+    records = [provenance("ingest_corpus"), provenance("geocaption")]
+    records += [provenance("ingest_benchmark", b) for b in BENCHMARKS]
+    acquired = {d.get("acquired") for d in [CORPUS, *BENCHMARKS.values()]} - {None}
+    records += [provenance("acquire_dataset", a) for a in sorted(acquired)]
+    records += [provenance("sft_dataset", d) for d in SFT_DATASETS]
+    if any(run["model"] == "tiny" for run in SFT_RUNS.values()):
+        records.append(provenance("build_tiny_model"))
+    records += [provenance("download_model", slug) for slug in HUB_MODELS]
+    records += [provenance("sft_train", run) for run in SFT_RUNS]
+    records += [provenance("sft_token_stats", run) for run in SFT_RUNS]
+    if "knn" in BASELINES:
+        used = {"corpus", *(dataset_of(e) for e in EVAL_SETS)}
+        records += [provenance("image_features", d) for d in sorted(used)]
+    rule_of = {"medoid": "predict_medoid", "knn": "predict_knn"}
+    for predictor, evalset in EVAL_PAIRS:
+        if predictor in BASELINES:
+            records.append(provenance(rule_of[predictor], evalset))
+        elif predictor in SFT_RUNS:
+            records.append(provenance("predict_sft", predictor, evalset))
+        else:
+            records.append(provenance("predict_zero_shot", predictor, evalset))
+        records.append(provenance("evaluate", predictor, evalset))
+    records.append(provenance("evaluate_summary"))
+    return records
+
+
 def all_targets():
     targets = [
         "results/eval/summary.csv",
@@ -224,4 +331,7 @@ def all_targets():
     ]
     targets += expand("results/sft/{name}/dataset_info.json", name=SFT_DATASETS)
     targets += [f"results/eval/{p}/{e}/accuracy.json" for p, e in EVAL_PAIRS]
+    # Runs whose predictions are skipped here (GPU-only backend, no GPU) are still trained.
+    targets += [f"results/train/{run}/adapter" for run in SKIPPED_GPU_ONLY_RUNS]
+    targets.append("results/audit/manifest.json")
     return targets

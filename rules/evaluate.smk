@@ -53,6 +53,7 @@ rule evaluate:
                 "plot": "world map",
             },
         ),
+        provenance=provenance("evaluate", "{predictor}", "{evalset}"),
     log:
         "logs/eval/{predictor}-{evalset}.log",
     benchmark:
@@ -80,6 +81,7 @@ rule evaluate_summary:
             caption="../report/summary.rst",
             labels={"table": "all predictors"},
         ),
+        provenance=provenance("evaluate_summary"),
     log:
         "logs/eval/summary.log",
     conda:

@@ -18,6 +18,7 @@ rule geocaption:
             caption="../report/caption_index.rst",
         ),
         summary=f"{CAPTION_DIR}/summary.json",
+        provenance=provenance("geocaption"),
     log:
         f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.log",
     benchmark:

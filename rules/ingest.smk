@@ -9,6 +9,7 @@ rule ingest_corpus:
             caption="../report/rejected.rst",
         ),
         summary="results/ingest/summary.json",
+        provenance=provenance("ingest_corpus"),
     log:
         "logs/ingest/corpus.log",
     benchmark:
@@ -18,7 +19,7 @@ rule ingest_corpus:
     threads: 2
     params:
         name=CORPUS["name"],
-        dataset=CORPUS,
+        dataset=dataset_config("corpus"),
         settings=config["ingest"],
         split_mode="hash",
         code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
@@ -39,6 +40,7 @@ rule ingest_benchmark:
             caption="../report/rejected.rst",
         ),
         summary="results/benchmarks/{benchmark}/summary.json",
+        provenance=provenance("ingest_benchmark", "{benchmark}"),
     log:
         "logs/ingest/benchmark-{benchmark}.log",
     benchmark:
@@ -48,7 +50,7 @@ rule ingest_benchmark:
     threads: 2
     params:
         name=lambda wildcards: wildcards.benchmark,
-        dataset=lambda wildcards: BENCHMARKS[wildcards.benchmark],
+        dataset=lambda wildcards: dataset_config(wildcards.benchmark),
         settings=config["ingest"],
         split_mode="all_test",
         code=code_version("ingest", "geocode", "geo", "errors", "workflow"),

@@ -23,6 +23,7 @@ rule sft_dataset:
             category="4. Fine-tuning",
             caption="../report/sft_stats.rst",
         ),
+        provenance=provenance("sft_dataset", "{sft_dataset}"),
     log:
         "logs/sft/dataset-{sft_dataset}.log",
     benchmark:
@@ -41,7 +42,8 @@ rule sft_dataset:
 
 rule build_tiny_model:
     output:
-        directory("results/models/tiny-qwen2vl"),
+        model=directory("results/models/tiny-qwen2vl"),
+        provenance=provenance("build_tiny_model"),
     log:
         "logs/sft/build_tiny_model.log",
     benchmark:
@@ -59,7 +61,8 @@ rule build_tiny_model:
 
 rule download_model:
     output:
-        directory("results/models/hub/{model_slug}"),
+        model=directory("results/models/hub/{model_slug}"),
+        provenance=provenance("download_model", "{model_slug}"),
     log:
         "logs/sft/download-{model_slug}.log",
     conda:
@@ -67,11 +70,49 @@ rule download_model:
     params:
         repo_id=lambda wildcards: HUB_MODELS[wildcards.model_slug][0],
         revision=lambda wildcards: HUB_MODELS[wildcards.model_slug][1],
-        code=code_version("sft.models", "workflow"),
+        code=code_version("sft.models", "hub.acquire", "workflow"),
     message:
         "Download {params.repo_id} ({params.revision}) from the Hugging Face Hub"
     script:
         "../scripts/download_model.py"
+
+
+rule sft_token_stats:
+    input:
+        dataset=lambda wildcards: "results/sft/{d}/{d}.json".format(
+            d=SFT_RUNS[wildcards.run]["dataset"]
+        ),
+        media=lambda wildcards: f"results/sft/{SFT_RUNS[wildcards.run]['dataset']}/media",
+        model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+    output:
+        stats="results/train/{run}/token_lengths.json",
+        plot=report(
+            "results/train/{run}/token_lengths.png",
+            category="4. Fine-tuning",
+            caption="../report/token_lengths.rst",
+            labels={"run": "{run}", "plot": "token lengths"},
+        ),
+        provenance=provenance("sft_token_stats", "{run}"),
+    log:
+        "logs/train/{run}-token_lengths.log",
+    benchmark:
+        "results/runtime/train/{run}-token_lengths.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        code=code_version(
+            "sft.token_stats",
+            "sft.predict",
+            "sft.dataset",
+            "ingest",
+            "errors",
+            "workflow",
+        ),
+    message:
+        "Token lengths of run {wildcards.run}'s dataset against its cutoff_len"
+    script:
+        "../scripts/sft_token_stats.py"
 
 
 rule sft_train:
@@ -87,6 +128,7 @@ rule sft_train:
             caption="../report/loss.rst",
             labels={"run": "{run}", "plot": "training loss"},
         ),
+        provenance=provenance("sft_train", "{run}"),
     log:
         "logs/train/{run}.log",
     benchmark:
@@ -96,7 +138,9 @@ rule sft_train:
     resources:
         **TRAIN_RESOURCES,
     params:
-        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        # Only what shapes the model: SLURM resources, prediction settings or pinning a run
+        # never make it retrain.
+        settings=lambda wildcards: training_settings(wildcards.run),
         run_dir=lambda wildcards: f"results/train/{wildcards.run}",
         code=code_version("sft.train", "errors", "workflow"),
     message:
@@ -112,7 +156,8 @@ rule predict_sft:
         targets=lambda wildcards: manifest_of(dataset_of(wildcards.evalset)),
         instruction=lambda wildcards: instruction_of_run(wildcards.run),
     output:
-        "results/predictions/{run}/{evalset}.csv",
+        predictions="results/predictions/{run}/{evalset}.csv",
+        provenance=provenance("predict_sft", "{run}", "{evalset}"),
     log:
         "logs/predict/{run}-{evalset}.log",
     benchmark:

@@ -16,6 +16,7 @@ rule predict_zero_shot:
         predictions="results/predictions/{zero_shot}/{evalset}.csv",
         answers=directory("results/zeroshot/{zero_shot}/{evalset}/answers"),
         summary="results/zeroshot/{zero_shot}/{evalset}/summary.json",
+        provenance=provenance("predict_zero_shot", "{zero_shot}", "{evalset}"),
     log:
         "logs/predict/{zero_shot}-{evalset}.log",
     benchmark:

@@ -119,21 +119,24 @@ def _by_comment(jobs: dict[str, dict], prefix: str) -> list[dict]:
 
 def test_every_cluster_job_went_through_sbatch_and_completed(slurm_run, slurm_cluster):
     workdir, _log, jobs = slurm_run
-    # Three groups (ingest, baselines, evaluate) and four single jobs; the network rule
-    # geocaption and the target `all` are local rules and never reach SLURM.
+    # Three groups (ingest, baselines, evaluate) and five single jobs; the network rule
+    # geocaption, the audit manifest and the target `all` are local rules and never reach SLURM.
     comments = sorted(job["Comment"] for job in jobs.values())
-    assert len(comments) == 7, comments
+    assert len(comments) == 8, comments
     for prefix in (
         "rule_ingest_",
         "rule_baselines_",
         "rule_evaluate_",
         "rule_sft_dataset_",
+        "rule_sft_token_stats_",
         "rule_build_tiny_model",
         "rule_sft_train_",
         "rule_predict_sft_",
     ):
         assert len(_by_comment(jobs, prefix)) == 1, (prefix, comments)
-    assert not any(c.startswith(("rule_geocaption", "rule_all")) for c in comments)
+    assert not any(
+        c.startswith(("rule_geocaption", "rule_audit_manifest", "rule_all")) for c in comments
+    )
     controller_log = (slurm_cluster / "log" / "slurmctld.log").read_text()
     for job_id, job in jobs.items():
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job

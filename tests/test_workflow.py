@@ -160,8 +160,19 @@ def test_report_holds_tables_and_plots(demo_run, tmp_path):
     workdir = copy_finished_run(demo_run, tmp_path / "wf")
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text()
-    for name in ("summary.md", "world_map.png", "error_cdf.png", "rejected.csv", "stats.json"):
-        assert name in html
+    for name in (
+        "summary.md",
+        "world_map.png",
+        "error_cdf.png",
+        "rejected.csv",
+        "stats.json",
+        "loss.png",
+        "token_lengths.png",
+        "index.csv",
+    ):
+        assert name in html, name
+    # Each output carries its caption (report/*.rst), rendered with its wildcards.
+    assert "Training loss of run" in html and "tiny-demo" in html
 
 
 def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_path):
@@ -169,7 +180,12 @@ def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_
     assert planned_jobs(workdir) == {}
     with (workdir / "src" / "geolocsft" / "evaluate.py").open("a") as module:
         module.write("\n# a change to the evaluation code\n")
-    assert planned_jobs(workdir) == {"evaluate": 3, "evaluate_summary": 1, "all": 1}
+    assert planned_jobs(workdir) == {
+        "evaluate": 3,
+        "evaluate_summary": 1,
+        "audit_manifest": 1,
+        "all": 1,
+    }
 
 
 def test_adding_an_image_reruns_ingest_and_keeps_existing_splits(demo_run, tmp_path):
@@ -295,6 +311,25 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
     assert stats["samples"] == len(captioned)
     summary_table = pl.read_csv(workdir / "results" / "eval" / "summary.csv")
     assert "tiny-demo" in summary_table["predictor"].to_list()
+
+    # Rebuilt from the response store alone (the stand-in is gone), the captions and the
+    # fine-tuning dataset come back byte for byte.
+    def tree(folder: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".snakemake_timestamp"
+        }
+
+    dataset_dir = workdir / "results" / "sft" / "geocaptions"
+    snakemake(workdir, "--configfile", str(config), "--until", "sft_dataset")
+    dataset_before, captions_before = tree(dataset_dir), tree(folder / "captions")
+    assert len(dataset_before) > len(captioned) and len(captions_before) == len(captioned)
+    shutil.rmtree(workdir / "results" / "geocaptions")
+    shutil.rmtree(dataset_dir)
+    snakemake(workdir, "--configfile", str(config), "--until", "sft_dataset")
+    assert tree(folder / "captions") == captions_before
+    assert tree(dataset_dir) == dataset_before
     for root in ("results", "logs", ".snakemake", "cache"):
         for path in (workdir / root).rglob("*"):
             if path.is_file():
