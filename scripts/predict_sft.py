@@ -1,5 +1,12 @@
 """Snakemake wrapper: a fine-tuned run's predictions for one eval set (backend from config)."""
 
+import os
+
+# GPU nodes have no network: models are read from local folders only (downloads happen on the
+# submit host, rule download_model).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 from pathlib import Path
 
 import polars as pl

@@ -1,5 +1,12 @@
 """Snakemake wrapper: token lengths of a run's dataset vs its cutoff_len (see sft.token_stats)."""
 
+import os
+
+# GPU nodes have no network: models are read from local folders only (downloads happen on the
+# submit host, rule download_model).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 import json
 from pathlib import Path
 

@@ -525,7 +525,11 @@ class CaptionRun:
             },
             "raw": response.raw,
             "sdk": self.backend.sdk(),
-            "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # An offline backend's answer is computed, not received: no time stamp, so its
+            # caption files are a pure function of the inputs, like those rebuilt from the store.
+            "received_at": (
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if self.backend.paid else None
+            ),
         }
 
     async def run(self, items: Sequence[CaptionItem], progress: bool = True) -> pl.DataFrame:
