@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from geolocsft.errors import GeolocsftError
 
 log = logging.getLogger(__name__)
@@ -210,7 +212,9 @@ def write_json(path: Path, value: Any) -> None:
 def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
     """Every artifact of the given provenance records, with its sha256 as it is now."""
     artifacts: dict[str, Any] = {}
-    for record_path in sorted(record_paths):
+    for record_path in tqdm(
+        sorted(record_paths), desc="hashing artifacts", unit="job", mininterval=2.0, disable=None
+    ):
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("schema") != PROVENANCE_SCHEMA:
             raise GeolocsftError(f"{record_path}: not a {PROVENANCE_SCHEMA} record")

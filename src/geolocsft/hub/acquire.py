@@ -56,6 +56,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
+from tqdm import tqdm
 
 from geolocsft.errors import GeolocsftError, InputTableError
 from geolocsft.ingest import (
@@ -569,8 +570,12 @@ def _run_all(
         except GeolocsftError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool,
+        tqdm(total=len(items), desc="fetching", unit="file", mininterval=2.0, disable=None) as bar,
+    ):
         for outcome in pool.map(guarded, items):
+            bar.update()
             if isinstance(outcome, str):
                 errors.append(outcome)
                 results.append(None)
