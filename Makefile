@@ -28,6 +28,7 @@ demo: install
 	@echo "  geo-captions:                     results/geocaptions/<captioner>/<prompt-version>/"
 	@echo "  fine-tuning dataset, runs:        results/sft/<dataset>/, results/train/<run>/ (adapter, loss.png)"
 	@echo "  predictions:                      results/predictions/<predictor>/<evalset>.csv"
+	@echo "  provenance, audit manifest:       results/audit/  (check drift: $(BIN)/geolocsft audit)"
 	@echo "  HTML report:                      $(BIN)/snakemake --report report.html"
 	@echo
 	@cat results/eval/summary.md
