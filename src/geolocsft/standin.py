@@ -25,8 +25,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from geolocsft.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
 
 FAULTS = ("429", "503", "malformed", "truncated", "fences", "blocked", "no_candidates")
 COORDINATES = re.compile(r"latitude (-?[0-9.]+), longitude (-?[0-9.]+)")
@@ -137,7 +139,7 @@ class StandinState:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _StandinServer
+    server: LoopbackServer[StandinState]
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body leave at once, as from a real server
 
@@ -348,34 +350,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
-class _StandinServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-
-    def __init__(self, state: StandinState, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.state = state
-
-
-class Standin:
-    """Start/stop the stand-in in a background thread: ``with Standin(state) as url: ...``."""
+class Standin(BackgroundServer[StandinState]):
+    """Start/stop the stand-in in a background thread: ``with Standin(state) as s: s.url``."""
 
     def __init__(self, state: StandinState | None = None, port: int = 0) -> None:
-        self.state = state or StandinState()
-        self.server = _StandinServer(self.state, port)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def __enter__(self) -> Standin:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(LoopbackServer(_Handler, state or StandinState(), port))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -393,14 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rates = {k: float(v) for k, v in (f.split("=", 1) for f in args.fault)}
     state = StandinState(latency_s=args.latency, fault_rates=rates, seed=args.seed)
-    server = _StandinServer(state, args.port)
-    print(f"stand-in listening on http://127.0.0.1:{server.server_port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print(json.dumps({"requests": state.requests, "faults": dict(state.faults_sent)}))
+    server = LoopbackServer(_Handler, state, args.port)
+    print(f"stand-in listening on {server.url}", flush=True)
+    serve_until_interrupted(
+        server, lambda: {"requests": state.requests, "faults": dict(state.faults_sent)}
+    )
 
 
 if __name__ == "__main__":

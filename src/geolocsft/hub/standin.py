@@ -41,10 +41,12 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from geolocsft.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
 
 RepoType = Literal["model", "dataset"]
 REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")
@@ -249,7 +251,7 @@ class HubState:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _HubServer
+    server: LoopbackServer[HubState]
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
 
@@ -474,37 +476,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
 
-class _HubServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, state: HubState, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.state = state
-
-
-class HubStandin:
+class HubStandin(BackgroundServer[HubState]):
     """Run the stand-in in a background thread: ``with HubStandin(state) as hub: hub.url``."""
 
     def __init__(self, state: HubState | None = None, port: int = 0) -> None:
-        self.state = state or HubState()
-        self.server = _HubServer(self.state, port)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        super().__init__(LoopbackServer(_Handler, state or HubState(), port))
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def __enter__(self) -> HubStandin:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.state.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+    def stop(self) -> None:
+        self.state.release.set()  # let stalled downloads end
+        super().stop()
 
 
 def repos_under(root: Path) -> list[HubRepo]:
@@ -530,17 +510,11 @@ def main(argv: list[str] | None = None) -> None:
     state = HubState(repos=repos_under(args.root))
     if not state.repos:
         parser.error(f"no repo under {args.root}/datasets/<owner>/<name> or models/<owner>/<name>")
-    server = _HubServer(state, args.port)
-    url = f"http://127.0.0.1:{server.server_port}"
+    server = LoopbackServer(_Handler, state, args.port)
     for repo in state.repos:
         print(f"{repo.repo_type} {repo.repo_id} @ {repo.commit}")
-    print(f"Hub stand-in listening on {url} (export HF_ENDPOINT={url})", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print(json.dumps({"requests": dict(state.routes)}))
+    print(f"Hub stand-in listening on {server.url} (export HF_ENDPOINT={server.url})", flush=True)
+    serve_until_interrupted(server, lambda: {"requests": dict(state.routes)})
 
 
 if __name__ == "__main__":
