@@ -70,7 +70,7 @@ rule download_model:
     params:
         repo_id=lambda wildcards: HUB_MODELS[wildcards.model_slug][0],
         revision=lambda wildcards: HUB_MODELS[wildcards.model_slug][1],
-        code=code_version("sft.models", "hub.acquire", "workflow"),
+        code=code_version("sft.models", "hub.acquire", "captions.store", "workflow"),
     message:
         "Download {params.repo_id} ({params.revision}) from the Hugging Face Hub"
     script:

@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-from geolocsft.audit import build_manifest, write_json
+from geolocsft.audit import build_manifest
+from geolocsft.captions.store import atomic_write_json
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    write_json(Path(smk.output[0]), build_manifest([Path(p) for p in smk.input]))
+    atomic_write_json(Path(smk.output[0]), build_manifest([Path(p) for p in smk.input]))
 
 
 run_script(snakemake, main)

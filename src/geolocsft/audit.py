@@ -202,13 +202,6 @@ def job_record(
     }
 
 
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
     """Every artifact of the given provenance records, with its sha256 as it is now."""
     artifacts: dict[str, Any] = {}

@@ -85,13 +85,14 @@ def configure_logging(log_path: str | Path | None, level: int = logging.INFO) ->
 
 def write_provenance(smk: Any) -> None:
     """The job's provenance record, at its declared output ``provenance`` (see geolocsft.audit)."""
-    from geolocsft.audit import job_record, write_json
+    from geolocsft.audit import job_record
+    from geolocsft.captions.store import atomic_write_json
 
     record_path = Path(smk.output.provenance)
     outputs = [str(p) for p in smk.output if str(p) != str(record_path)]
     params = {name: value for name, value in smk.params.items()}
     record = job_record(smk.rule, dict(smk.wildcards.items()), list(smk.input), outputs, params)
-    write_json(record_path, record)
+    atomic_write_json(record_path, record)
 
 
 def run_script(smk: Any, main: Callable[[Any], None]) -> None:

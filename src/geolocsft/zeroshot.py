@@ -23,10 +23,9 @@ import polars as pl
 
 from geolocsft.answers import parse_answer
 from geolocsft.captions.prompts import PLACEHOLDERS, PromptTemplate
-from geolocsft.captions.runner import CaptionItem, caption_images
-from geolocsft.captions.schema import CAPTION_SCHEMA_VERSION
+from geolocsft.captions.runner import caption_images, caption_items
 from geolocsft.captions.stage import build_backend, runner_settings
-from geolocsft.captions.store import ResponseStore, response_key
+from geolocsft.captions.store import ResponseStore
 from geolocsft.errors import GeolocsftError
 from geolocsft.sft.predict import PREDICTION_SCHEMA
 
@@ -80,22 +79,6 @@ def load_zero_shot_prompt(path: Path) -> PromptTemplate:
     return prompt
 
 
-def items_without_answers(targets: pl.DataFrame) -> list[CaptionItem]:
-    """Benchmark rows as caption items with no place name (true coordinates stay for the
-    distance check of the caption files; they are never put into a zero-shot prompt)."""
-    return [
-        CaptionItem(
-            image_id=row["image_id"],
-            path=Path(row["path"]),
-            sha256=row["sha256"],
-            lat=row["lat"],
-            lon=row["lon"],
-            place=None,
-        )
-        for row in targets.iter_rows(named=True)
-    ]
-
-
 def _last_failed_answer(store: ResponseStore, key: str) -> str | None:
     for failure in reversed(store.failures(key)):
         text = failure.get("response", {}).get("text")
@@ -115,7 +98,8 @@ def predict_zero_shot(
     prompt = load_zero_shot_prompt(prompt_path)
     backend = build_backend(settings)
     store = ResponseStore(Path(settings["store"]))
-    items = items_without_answers(targets)
+    # No place name: true coordinates stay only for the caption files' distance check.
+    items = caption_items(targets, with_place=False)
     index, summary = caption_images(
         items,
         backend,
@@ -127,6 +111,7 @@ def predict_zero_shot(
     )
     status_of = dict(zip(index["image_id"], index["status"], strict=True))
     reason_of = dict(zip(index["image_id"], index["failure_reason"], strict=True))
+    key_of = dict(zip(index["image_id"], index["store_key"], strict=True))
     rows = []
     for item in items:
         document_path = answers_dir / f"{item.image_id}.json"
@@ -140,15 +125,8 @@ def predict_zero_shot(
             raw = json.dumps(caption, ensure_ascii=False, sort_keys=True)
             status = "caption_json"
         else:
-            key = response_key(
-                image_sha256=item.sha256,
-                prompt_sha256=prompt.sha256,
-                backend=backend.name,
-                model=backend.model,
-                params=backend.identity_params(),
-                schema_version=CAPTION_SCHEMA_VERSION,
-            )
-            raw = _last_failed_answer(store, key)
+            key = key_of.get(item.image_id)
+            raw = _last_failed_answer(store, key) if key else None
             parsed = parse_answer(raw)
             lat, lon = parsed.lat, parsed.lon
             reason = reason_of.get(item.image_id) or "failed"

@@ -647,11 +647,16 @@ def _response_from_record(stored: dict[str, Any]) -> ModelResponse:
 
 def items_from_manifest(manifest: pl.DataFrame, splits: Sequence[str]) -> list[CaptionItem]:
     """The manifest rows of the given splits, with a place name for the prompt."""
-    rows = manifest.filter(pl.col("split").is_in(list(splits)))
+    return caption_items(manifest.filter(pl.col("split").is_in(list(splits))))
+
+
+def caption_items(rows: pl.DataFrame, with_place: bool = True) -> list[CaptionItem]:
+    """Manifest rows as caption items, with a place name for the prompt (unless ``with_place``
+    is false: a zero-shot question must not carry the answer)."""
     items = []
     for row in rows.iter_rows(named=True):
         parts = [row.get("nearest_place"), row.get("admin1"), row.get("country_code")]
-        place = ", ".join(p for p in parts if p) or None
+        place = (", ".join(p for p in parts if p) or None) if with_place else None
         items.append(
             CaptionItem(
                 image_id=row["image_id"],

@@ -58,6 +58,7 @@ from urllib.parse import urlsplit, urlunsplit
 import polars as pl
 from tqdm import tqdm
 
+from geolocsft.captions.store import atomic_write_json
 from geolocsft.errors import GeolocsftError, InputTableError
 from geolocsft.ingest import (
     ID_COLUMN_CANDIDATES,
@@ -292,13 +293,6 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def _list_files(
     api: Any,
     repo_id: str,
@@ -332,7 +326,7 @@ def _list_files(
         _with_retries(listing, f"listing the files of {repo_id}@{commit}", endpoint, retry),
         key=lambda f: f.path,
     )
-    _write_json_atomic(cached, [vars(f) for f in files])
+    atomic_write_json(cached, [vars(f) for f in files])
     return files
 
 
@@ -604,13 +598,9 @@ def link_files(files: Iterable[FetchedFile], out_dir: Path) -> None:
 
 
 @dataclass(frozen=True)
-class AcquireColumns:
-    """Source column names; ``None`` detects them like ingest does (``image`` for Parquet)."""
+class AcquireColumns(ColumnMap):
+    """Ingest's column map plus the Parquet image column (``None``: ``image`` or detected)."""
 
-    id: str | None = None
-    lat: str | None = None
-    lon: str | None = None
-    file: str | None = None
     image: str | None = None
 
 
@@ -1011,9 +1001,7 @@ def _unpack_archives(
     for label, path in tables:
         try:
             table = read_metadata_table(path)
-            found = resolve_columns(
-                table.columns, ColumnMap(cols.id, cols.lat, cols.lon, cols.file), label
-            )
+            found = resolve_columns(table.columns, cols, label)
         except InputTableError as exc:
             raise InputTableError(str(exc).replace(str(path), label)) from None
         ids = table[found.id].to_list() if found.id else [None] * table.height
@@ -1128,5 +1116,5 @@ def acquire_dataset(
         UnpackSettings.from_config(settings, on_bad_input=on_bad_input),
     )
     record = {**fetched.record(), "unpack": result.summary()}
-    _write_json_atomic(source_json, record)
+    atomic_write_json(source_json, record)
     return record
