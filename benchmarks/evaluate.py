@@ -40,6 +40,7 @@ from geolocsft.evaluate import (
     per_country_table,
 )
 from geolocsft.geo import MEAN_EARTH_RADIUS_KM
+from geolocsft.settings import configured
 
 GOAL_S = 2.0
 
@@ -122,7 +123,7 @@ def main() -> None:
         )
         print(machine())
 
-        settings = EvaluationSettings()
+        settings = configured(EvaluationSettings)
         floats = table.select(
             pl.col("pred_lat", "pred_lon", "true_lat", "true_lon").cast(pl.Float64, strict=False)
         )

@@ -4,8 +4,8 @@
         [--latency S] [--repeats K] [--corpus M] [--noop-repeats R] [--workdir DIR]
 
 1. **Throughput.** ``N`` (500) distinct 320x240 JPEGs (fixed seed) are captioned with the real
-   ``google-genai`` SDK against the loopback stand-in (``geolocsft.standin``, ``S`` = 1.0 s per
-   request), ``concurrency`` ``C`` (32), an empty response store each repeat. The ideal wall
+   ``google-genai`` SDK against the loopback stand-in (``geolocsft.testing.standin``, ``S`` = 1.0
+   s per request), ``concurrency`` ``C`` (32), an empty response store each repeat. The ideal wall
    time is ``N / C * S`` (15.6 s); the goal is at least 80% of the ideal rate. Also timed: the
    whole stage as the workflow runs it (``captions.stage.run_stage``: manifest in, captions,
    index and summary out), a rerun answered from the store (0 API calls), and diagnostics that
@@ -57,7 +57,8 @@ from geolocsft.captions.prompts import PromptTemplate  # noqa: E402
 from geolocsft.captions.runner import CaptionItem, RunnerSettings, caption_images  # noqa: E402
 from geolocsft.captions.stage import captioner_name, run_stage  # noqa: E402
 from geolocsft.captions.store import ResponseStore  # noqa: E402
-from geolocsft.standin import Standin, StandinState  # noqa: E402
+from geolocsft.settings import configured  # noqa: E402
+from geolocsft.testing.standin import Standin, StandinState  # noqa: E402
 
 PROMPT = REPO / "config" / "prompts" / "geocaption-v1.txt"
 SCHEMA = REPO / "config" / "schema" / "config.schema.yaml"
@@ -176,7 +177,7 @@ def in_flight(state: StandinState | None, count: int) -> float | None:
 
 
 def gemini_backend(url: str) -> GeminiBackend:
-    return GeminiBackend(MODEL, GenerationParams(), base_url=url)
+    return GeminiBackend(MODEL, configured(GenerationParams), base_url=url)
 
 
 def time_runner(
@@ -190,7 +191,7 @@ def time_runner(
 ) -> Timing:
     """One ``caption_images`` pass; the SDK client is made before the clock starts."""
     backend = gemini_backend(url)
-    settings = RunnerSettings(concurrency=concurrency, max_new_requests=None)
+    settings = configured(RunnerSettings, concurrency=concurrency, max_new_requests=None)
     prompt = PromptTemplate.load(PROMPT)
     before = state.requests if state is not None else 0
     if state is not None:
@@ -278,10 +279,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def standin_process(latency_s: float) -> Iterator[str]:
-    """``python -m geolocsft.standin`` in its own process (so it does not share our GIL)."""
+    """``python -m geolocsft.testing.standin`` in its own process (so it does not share our GIL)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    command = [sys.executable, "-m", "geolocsft.standin", "--port", str(port)]
+    command = [sys.executable, "-m", "geolocsft.testing.standin", "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--latency", str(latency_s)],
         env=env,

@@ -29,9 +29,7 @@ rule acquire_dataset:
     params:
         settings=lambda wildcards: ACQUIRE[wildcards.acquired],
         on_bad_input=config["ingest"]["on_bad_input"],
-        code=code_version(
-            "hub.acquire", "captions.store", "ingest", "errors", "workflow"
-        ),
+        code=code_of_script("acquire_dataset"),
     message:
         "Fetch the Hub dataset {wildcards.acquired} and unpack it for ingest"
     script:

@@ -18,7 +18,7 @@ rule audit_manifest:
     conda:
         "../envs/evaluate.yaml"
     params:
-        code=code_version("audit", "captions.store", "errors", "workflow"),
+        code=code_of_script("audit_manifest"),
     message:
         "Audit manifest: the sha256 of every artifact and the provenance of every job"
     script:

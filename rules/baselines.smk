@@ -18,7 +18,7 @@ rule image_features:
         settings={
             k: v for k, v in config["baselines"]["knn"].items() if k != "neighbors"
         },
-        code=code_version("baselines", "ingest", "errors", "workflow"),
+        code=code_of_script("image_features"),
     message:
         "Colour/thumbnail features of the {wildcards.dataset} images (kNN baseline)"
     script:
@@ -38,7 +38,7 @@ rule predict_medoid:
         "../envs/baselines.yaml"
     params:
         seed=config["evaluate"]["seed"],
-        code=code_version("baselines", "geo", "errors", "workflow"),
+        code=code_of_script("predict_medoid"),
     message:
         "Baseline 'medoid' on {wildcards.evalset}: every image gets the training medoid"
     script:
@@ -62,7 +62,7 @@ rule predict_knn:
         "../envs/baselines.yaml"
     params:
         neighbors=config["baselines"]["knn"]["neighbors"],
-        code=code_version("baselines", "geo", "errors", "workflow"),
+        code=code_of_script("predict_knn"),
     message:
         "Baseline 'knn' on {wildcards.evalset}: nearest training images by image features"
     script:

@@ -20,9 +20,10 @@ from geolocsft.captions.stage import captioner_name, gemini_key_variable
 from geolocsft.sft.models import hub_model_slug
 from geolocsft.errors import GeolocsftError
 from geolocsft.hub.acquire import ACQUIRED_COLUMNS
-from geolocsft.ingest import IMAGE_SUFFIXES, ColumnMap, check_table_columns
+from geolocsft.images import IMAGE_SUFFIXES
+from geolocsft.tables import ColumnMap, check_table_columns
 from geolocsft.sft.train import WORKFLOW_KEYS
-from geolocsft.workflow import code_version
+from geolocsft.workflow import script_code
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -146,6 +147,12 @@ def _check_dataset(label, dataset):
 _check_dataset("corpus", CORPUS)
 for _name, _dataset in BENCHMARKS.items():
     _check_dataset(f"benchmarks.{_name}", _dataset)
+
+
+def code_of_script(name):
+    """The code version of every package module that scripts/<name>.py runs (a rule's ``code``
+    param: a change to any of them reruns the rule; see geolocsft.codegraph)."""
+    return script_code(Path(workflow.basedir) / "scripts" / f"{name}.py", SRC_DIR)
 
 
 def _alternatives(names):

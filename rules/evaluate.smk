@@ -63,7 +63,7 @@ rule evaluate:
     params:
         settings=config["evaluate"],
         out_dir=lambda wildcards, output: str(Path(output.json).parent),
-        code=code_version("evaluate", "plots", "geo", "errors", "workflow"),
+        code=code_of_script("evaluate"),
     message:
         "Evaluate {wildcards.predictor} on {wildcards.evalset}"
     script:
@@ -88,7 +88,7 @@ rule evaluate_summary:
         "../envs/evaluate.yaml"
     params:
         entries=[{"predictor": p, "evalset": e} for p, e in EVAL_PAIRS],
-        code=code_version("evaluate", "errors", "workflow"),
+        code=code_of_script("evaluate_summary"),
     message:
         "One table of every predictor on every eval set"
     script:

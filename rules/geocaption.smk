@@ -29,15 +29,7 @@ rule geocaption:
         captioner=CAPTIONER,
         prompt_version=CAPTIONS["prompt_version"],
         settings=CAPTIONS,
-        code=code_version(
-            "captions.stage",
-            "captions.runner",
-            "captions.backends",
-            "captions.schema",
-            "captions.store",
-            "captions.prompts",
-            "workflow",
-        ),
+        code=code_of_script("geocaption"),
     message:
         "Geo-captions with {params.captioner}, prompt {params.prompt_version}"
     script:

@@ -22,7 +22,7 @@ rule ingest_corpus:
         dataset=dataset_config("corpus"),
         settings=config["ingest"],
         split_mode="hash",
-        code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
+        code=code_of_script("ingest"),
     message:
         "Ingest the corpus {params.name}: check every image, hash it, split train/test"
     script:
@@ -53,7 +53,7 @@ rule ingest_benchmark:
         dataset=lambda wildcards: dataset_config(wildcards.benchmark),
         settings=config["ingest"],
         split_mode="all_test",
-        code=code_version("ingest", "geocode", "geo", "errors", "workflow"),
+        code=code_of_script("ingest"),
     message:
         "Ingest the benchmark {wildcards.benchmark}"
     script:

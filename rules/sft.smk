@@ -33,7 +33,7 @@ rule sft_dataset:
     params:
         captioner=CAPTIONER,
         settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],
-        code=code_version("sft.dataset", "ingest", "errors", "workflow"),
+        code=code_of_script("sft_dataset"),
     message:
         "LLaMA-Factory dataset {wildcards.sft_dataset} from the {params.captioner} captions"
     script:
@@ -52,7 +52,7 @@ rule build_tiny_model:
         "../envs/train.yaml"
     params:
         seed=0,
-        code=code_version("sft.tiny_model", "workflow"),
+        code=code_of_script("build_tiny_model"),
     message:
         "Build the tiny Qwen2-VL-style model locally (random weights, local tokenizer)"
     script:
@@ -70,7 +70,7 @@ rule download_model:
     params:
         repo_id=lambda wildcards: HUB_MODELS[wildcards.model_slug][0],
         revision=lambda wildcards: HUB_MODELS[wildcards.model_slug][1],
-        code=code_version("sft.models", "hub.acquire", "captions.store", "workflow"),
+        code=code_of_script("download_model"),
     message:
         "Download {params.repo_id} ({params.revision}) from the Hugging Face Hub"
     script:
@@ -101,14 +101,7 @@ rule sft_token_stats:
         "../envs/train.yaml"
     params:
         settings=lambda wildcards: SFT_RUNS[wildcards.run],
-        code=code_version(
-            "sft.token_stats",
-            "sft.predict",
-            "sft.dataset",
-            "ingest",
-            "errors",
-            "workflow",
-        ),
+        code=code_of_script("sft_token_stats"),
     message:
         "Token lengths of run {wildcards.run}'s dataset against its cutoff_len"
     script:
@@ -142,7 +135,7 @@ rule sft_train:
         # never make it retrain.
         settings=lambda wildcards: training_settings(wildcards.run),
         run_dir=lambda wildcards: f"results/train/{wildcards.run}",
-        code=code_version("sft.train", "errors", "workflow"),
+        code=code_of_script("sft_train"),
     message:
         "Fine-tune run {wildcards.run} with LLaMA-Factory"
     script:
@@ -168,7 +161,10 @@ rule predict_sft:
         **TRAIN_RESOURCES,
     params:
         settings=lambda wildcards: SFT_RUNS[wildcards.run],
-        code=code_version("sft.predict", "answers", "geo", "ingest", "workflow"),
+        dataset_settings=lambda wildcards: SFT_DATASETS[
+            SFT_RUNS[wildcards.run]["dataset"]
+        ],
+        code=code_of_script("predict_sft"),
     message:
         "Run {wildcards.run} answers for every image of {wildcards.evalset}"
     script:

@@ -26,18 +26,7 @@ rule predict_zero_shot:
     params:
         settings=lambda wildcards: ZERO_SHOT[wildcards.zero_shot],
         captions=CAPTIONS,
-        code=code_version(
-            "zeroshot",
-            "answers",
-            "captions.stage",
-            "captions.runner",
-            "captions.backends",
-            "captions.schema",
-            "captions.store",
-            "captions.prompts",
-            "sft.predict",
-            "workflow",
-        ),
+        code=code_of_script("predict_zero_shot"),
     message:
         "Zero-shot predictor {wildcards.zero_shot} answers for every image of {wildcards.evalset}"
     script:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from geolocsft.audit import build_manifest
-from geolocsft.captions.store import atomic_write_json
+from geolocsft.io import atomic_write_json
 from geolocsft.workflow import run_script
 
 

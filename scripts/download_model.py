@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from geolocsft.sft.models import DEFAULT_HUB_CACHE, download_model
+from geolocsft.sft.models import download_model
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    cache = smk.config.get("acquire", {}).get("cache") or DEFAULT_HUB_CACHE
-    download_model(smk.params.repo_id, smk.params.revision, Path(smk.output.model), Path(cache))
+    cache = Path(smk.config["acquire"]["cache"])
+    download_model(smk.params.repo_id, smk.params.revision, Path(smk.output.model), cache)
 
 
 run_script(snakemake, main)

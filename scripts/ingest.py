@@ -2,17 +2,20 @@
 
 from pathlib import Path
 
-from geolocsft.ingest import ColumnMap, IngestSettings, ingest, write_outputs
+from geolocsft.ingest import IngestSettings, ingest, write_outputs
+from geolocsft.settings import from_config
+from geolocsft.tables import ColumnMap
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
     dataset = smk.params.dataset
-    settings = IngestSettings(**smk.params.settings, workers=smk.threads)
+    config = smk.params.settings
+    settings = from_config(IngestSettings, {**config, "workers": config["workers"] or smk.threads})
     result = ingest(
         images_dir=Path(dataset["images"]),
-        metadata_table=Path(dataset["metadata"]) if dataset.get("metadata") else None,
-        column_map=ColumnMap(**dataset.get("columns", {})),
+        metadata_table=Path(dataset["metadata"]) if dataset["metadata"] else None,
+        column_map=ColumnMap(**dataset["columns"]),
         settings=settings,
         split_mode=smk.params.split_mode,
         path_base=Path.cwd(),

@@ -2,12 +2,13 @@
 
 import polars as pl
 
-from geolocsft.baselines import evaluation_targets, predict_knn, training_rows
+from geolocsft.baselines import predict_knn, training_set
+from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    train = training_rows(pl.read_parquet(smk.input.corpus))
+    train = training_set(pl.read_parquet(smk.input.corpus))
     targets = evaluation_targets(pl.read_parquet(smk.input.targets))
     predictions = predict_knn(
         train,

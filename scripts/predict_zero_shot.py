@@ -5,7 +5,7 @@ from pathlib import Path
 
 import polars as pl
 
-from geolocsft.baselines import evaluation_targets
+from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 from geolocsft.zeroshot import predict_zero_shot, predictor_settings
 

@@ -4,18 +4,20 @@ from pathlib import Path
 
 import polars as pl
 
+from geolocsft.settings import from_config
 from geolocsft.sft.dataset import DatasetSettings, build_dataset
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    settings = {k: v for k, v in smk.params.settings.items() if k != "instruction"}
+    name = smk.wildcards.sft_dataset
+    settings = from_config(DatasetSettings, smk.params.settings, f"sft.datasets.{name}", name=name)
     build_dataset(
         manifest=pl.read_parquet(smk.input.manifest),
         caption_index=pl.read_csv(smk.input.index),
         captions_dir=Path(smk.input.captions),
         instruction=Path(smk.input.instruction).read_text(encoding="utf-8"),
-        settings=DatasetSettings(name=smk.wildcards.sft_dataset, **settings),
+        settings=settings,
         out_dir=Path(smk.output.info).parent,
     )
 

@@ -27,7 +27,7 @@ def main(smk) -> None:
     cutoff_len = run["cutoff_len"]
     if hasattr(smk.output, "plot"):
         plot_lengths(lengths, cutoff_len, Path(smk.output.plot), f"run {name}")
-    stats = summarize(lengths, cutoff_len, on_truncation=run.get("on_truncation", "warn"))
+    stats = summarize(lengths, cutoff_len, on_truncation=run["on_truncation"])
     stats = {"run": name, "dataset": str(dataset_json), "model": str(smk.input.model), **stats}
     Path(smk.output.stats).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from geolocsft.answers import parse_answer
-from geolocsft.standin import caption_for
+from geolocsft.testing.standin import caption_for
 
 CAPTION = json.dumps(caption_for(48.8566, 2.3522))
 

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 from test_workflow import copy_finished_run, copy_workflow, planned_jobs, snakemake
 
-from geolocsft.audit import artifact_digest, build_manifest, file_sha256
+from geolocsft.audit import artifact_digest, build_manifest
+from geolocsft.io import file_sha256
 
 pytestmark = pytest.mark.workflow
 

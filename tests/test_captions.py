@@ -1,7 +1,7 @@
 """Geo-caption stage: the real google-genai and openai SDKs against the loopback stand-in.
 
 Nothing is mocked here but the remote API itself, which cannot be reached from this machine:
-``geolocsft.standin`` speaks its wire protocol on 127.0.0.1.
+``geolocsft.testing.standin`` speaks its wire protocol on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from geolocsft.captions.runner import (
 from geolocsft.captions.schema import GeoCaption, ModelGeoCaption, response_json_schema
 from geolocsft.captions.store import ResponseStore, response_key
 from geolocsft.errors import GeolocsftError
-from geolocsft.standin import Standin, StandinState, caption_for
+from geolocsft.settings import configured
+from geolocsft.testing.standin import Standin, StandinState, caption_for
 
 API_KEY = "test-key-0123456789-do-not-leak"
 PROMPT = REPO / "config" / "prompts" / "geocaption-v1.txt"
@@ -76,7 +77,7 @@ def sent_image_hash(item: CaptionItem) -> str:
 
 
 def gemini(url: str) -> GeminiBackend:
-    return GeminiBackend("gemini-2.5-flash", GenerationParams(), base_url=url)
+    return GeminiBackend("gemini-2.5-flash", configured(GenerationParams), base_url=url)
 
 
 def run(items, backend, tmp_path: Path, **settings) -> tuple[pl.DataFrame, dict]:
@@ -86,7 +87,7 @@ def run(items, backend, tmp_path: Path, **settings) -> tuple[pl.DataFrame, dict]
         backend,
         ResponseStore(tmp_path / "store"),
         PromptTemplate.load(PROMPT),
-        RunnerSettings(**{**defaults, **settings}),
+        configured(RunnerSettings, **{**defaults, **settings}),
         tmp_path / "captions",
         progress=False,
     )
@@ -309,7 +310,7 @@ def test_a_changed_prompt_is_never_answered_from_old_captions(tmp_path):
             gemini(standin.url),
             ResponseStore(tmp_path / "store"),
             PromptTemplate.load(edited),
-            RunnerSettings(),
+            configured(RunnerSettings),
             tmp_path / "c2",
             progress=False,
         )
@@ -320,7 +321,7 @@ def test_openai_compatible_backend_and_metadata_backend(tmp_path):
     items = make_items(tmp_path / "img", 3)
     with Standin(StandinState(fault_script=["429", "503"], retry_delay_s=0.01)) as standin:
         backend = OpenAICompatibleBackend(
-            "qwen2.5-vl", GenerationParams(), base_url=f"{standin.url}/v1"
+            "qwen2.5-vl", configured(GenerationParams), base_url=f"{standin.url}/v1"
         )
         _, summary = run(items, backend, tmp_path / "openai")
     assert summary["captioned"] == 3 and summary["api_calls"] == 5
@@ -340,7 +341,7 @@ def test_structured_and_grounding_modes_send_what_gemini_expects(tmp_path):
         assert config["responseJsonSchema"] == response_json_schema()
         assert "tools" not in standin.state.last_request
         grounded = GeminiBackend(
-            "gemini-2.5-flash", GenerationParams(), base_url=standin.url, mode="grounding"
+            "gemini-2.5-flash", configured(GenerationParams), base_url=standin.url, mode="grounding"
         )
         index, _ = run(items, grounded, tmp_path / "grounding")
         body = standin.state.last_request
@@ -378,12 +379,13 @@ from geolocsft.captions.backends import GeminiBackend, GenerationParams
 from geolocsft.captions.prompts import PromptTemplate
 from geolocsft.captions.runner import CaptionItem, RunnerSettings, caption_images
 from geolocsft.captions.store import ResponseStore
+from geolocsft.settings import configured
 url, workdir, prompt = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 rows = json.loads((workdir / "items.json").read_text())
 items = [CaptionItem(**{**row, "path": Path(row["path"])}) for row in rows]
-backend = GeminiBackend("gemini-2.5-flash", GenerationParams(), base_url=url)
+backend = GeminiBackend("gemini-2.5-flash", configured(GenerationParams), base_url=url)
 caption_images(items, backend, ResponseStore(workdir / "store"), PromptTemplate.load(prompt),
-               RunnerSettings(concurrency=2), workdir / "captions", progress=False)
+               configured(RunnerSettings, concurrency=2), workdir / "captions", progress=False)
 """
 
 
@@ -423,7 +425,7 @@ def test_resume_after_kill_9_repeats_no_finished_image(tmp_path):
 
 
 def batch_backend(url: str) -> GeminiBackend:
-    return GeminiBackend("gemini-2.5-flash", GenerationParams(), base_url=url, batch=True)
+    return GeminiBackend("gemini-2.5-flash", configured(GenerationParams), base_url=url, batch=True)
 
 
 def test_batch_mode_submits_one_job_and_stores_every_answer(tmp_path):

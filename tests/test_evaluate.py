@@ -21,6 +21,7 @@ from geolocsft.evaluate import (
     write_summary,
 )
 from geolocsft.geo import distance_km
+from geolocsft.settings import configured
 
 R_EARTH = 6371.0088
 THRESHOLDS = (1.0, 25.0, 200.0, 750.0, 2500.0)
@@ -331,12 +332,16 @@ def test_accuracy_keys() -> None:
     assert accuracy_key(1.0) == "acc@1km"
     assert accuracy_key(2500) == "acc@2500km"
     assert accuracy_key(0.5) == "acc@0.5km"
-    metrics = compute_metrics([0.3, 0.7, np.nan], EvaluationSettings(thresholds_km=(0.5, 1.0)))
+    metrics = compute_metrics(
+        [0.3, 0.7, np.nan], configured(EvaluationSettings, thresholds_km=(0.5, 1.0))
+    )
     assert metrics.accuracy == pytest.approx({"acc@0.5km": 100 / 3, "acc@1km": 200 / 3})
 
 
 def test_bootstrap_ci_contains_estimate_narrows_and_repeats() -> None:
-    settings = EvaluationSettings(thresholds_km=(100.0,), bootstrap_resamples=2000, seed=5)
+    settings = configured(
+        EvaluationSettings, thresholds_km=(100.0,), bootstrap_resamples=2000, seed=5
+    )
     rng = np.random.default_rng(0)
     widths = []
     for n in (100, 1000, 10000):
@@ -365,7 +370,7 @@ def test_binomial_shortcut_matches_resampling_rows() -> None:
 
 def test_no_bootstrap_means_no_interval(tmp_path: Path) -> None:
     rows = [("a", "1", "2", "1", "2")]
-    settings = EvaluationSettings(bootstrap_resamples=0)
+    settings = configured(EvaluationSettings, bootstrap_resamples=0)
     evaluate_file(write_csv(tmp_path / "p.csv", HEADER, rows), tmp_path, settings=settings)
     document = strict_loads((tmp_path / "accuracy.json").read_text())
     assert isinstance(document, dict)
@@ -498,11 +503,13 @@ def test_output_files_and_keys(tmp_path: Path) -> None:
 def test_geodesic_setting_changes_distances(tmp_path: Path) -> None:
     rows = [("a", "1.0", "0.0", "0.0", "0.0")]
     pred = write_csv(tmp_path / "p.csv", HEADER, rows)
-    settings = EvaluationSettings(distance="geodesic", thresholds_km=(110.6,))
+    settings = configured(EvaluationSettings, distance="geodesic", thresholds_km=(110.6,))
     result = evaluate_file(pred, tmp_path / "g", settings=settings, make_plots=False)
     assert result.metrics.median_km == pytest.approx(110.574, abs=0.01)
     assert result.metrics.accuracy["acc@110.6km"] == 100.0
-    sphere = evaluate_file(pred, tmp_path / "h", settings=EvaluationSettings(), make_plots=False)
+    sphere = evaluate_file(
+        pred, tmp_path / "h", settings=configured(EvaluationSettings), make_plots=False
+    )
     assert sphere.metrics.median_km == pytest.approx(111.195, abs=0.01)
 
 

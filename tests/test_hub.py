@@ -1,7 +1,8 @@
 """Hub acquisition: the real huggingface_hub client against the loopback Hub stand-in.
 
-Nothing is mocked but the Hub itself, which cannot be reached from here: ``geolocsft.hub.standin``
-serves its API and file routes on 127.0.0.1 and the client finds it through ``HF_ENDPOINT``.
+Nothing is mocked but the Hub itself, which cannot be reached from here:
+``geolocsft.testing.hub_standin`` serves its API and file routes on 127.0.0.1 and the client
+finds it through ``HF_ENDPOINT``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from geolocsft.hub.acquire import (
     repo_cache_dir,
     unpack,
 )
-from geolocsft.hub.standin import HubRepo, HubStandin
-from geolocsft.ingest import ColumnMap, IngestResult, IngestSettings, ingest
+from geolocsft.ingest import IngestResult, IngestSettings, ingest
+from geolocsft.settings import configured
 from geolocsft.sft.models import download_model
+from geolocsft.tables import ColumnMap
+from geolocsft.testing.hub_standin import HubRepo, HubStandin
 
-FAST = RetryPolicy(max_attempts=3, backoff_s=0.01)
+FAST = configured(RetryPolicy, max_attempts=3, backoff_s=0.01)
 
 
 def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -312,7 +315,7 @@ def _ingest(folder: Path, policy: str = "quarantine") -> IngestResult:
         images_dir=folder / "images",
         metadata_table=folder / "metadata.csv",
         column_map=ColumnMap(**ACQUIRED_COLUMNS),
-        settings=IngestSettings(on_bad_input=policy, workers=1),
+        settings=configured(IngestSettings, on_bad_input=policy, workers=1),
         split_mode="all_test",
     )
 
@@ -353,7 +356,7 @@ def test_acquired_archive_is_unpacked_for_ingest_without_losing_a_row(
         {f["path"]: _blob(tmp_path / "cache", repo, f["path"]) for f in source["files"]},
         again / "images",
         again / "metadata.csv",
-        UnpackSettings.from_config(PIG_SETTINGS),
+        UnpackSettings.from_config(PIG_SETTINGS, on_bad_input="quarantine"),
     )
     assert (again / "metadata.csv").read_bytes() == (out / "metadata.csv").read_bytes()
     for image in (out / "images").iterdir():
@@ -416,7 +419,7 @@ def test_bad_parquet_rows_are_reported_with_shard_and_row(tmp_path: Path) -> Non
         {"image": None, "id": "d", "latitude": 1.0, "longitude": 2.0},
     ]
     files = _parquet_files(tmp_path, rows)
-    quarantine = UnpackSettings(format="parquet")
+    quarantine = configured(UnpackSettings, format="parquet", on_bad_input="quarantine")
     result = unpack(files, tmp_path / "q" / "images", tmp_path / "q" / "metadata.csv", quarantine)
     assert result.rows == 5  # every row is passed on
     assert [(p.row, p.reason) for p in result.problems] == [
@@ -433,7 +436,7 @@ def test_bad_parquet_rows_are_reported_with_shard_and_row(tmp_path: Path) -> Non
         "undecodable",
     ]
 
-    fail = UnpackSettings(format="parquet", on_bad_input="fail")
+    fail = configured(UnpackSettings, format="parquet", on_bad_input="fail")
     with pytest.raises(GeolocsftError) as error:
         unpack(files, tmp_path / "f" / "images", tmp_path / "f" / "metadata.csv", fail)
     message = str(error.value)
@@ -465,7 +468,10 @@ def test_tar_gz_with_its_table_inside_and_ambiguous_names(tmp_path: Path) -> Non
     )
     out = tmp_path / "out"
     result = unpack(
-        {"part1.tar.gz": archive}, out / "images", out / "metadata.csv", UnpackSettings()
+        {"part1.tar.gz": archive},
+        out / "images",
+        out / "metadata.csv",
+        configured(UnpackSettings, on_bad_input="quarantine"),
     )
     assert result.rows == 2 and result.images == 2
     metadata = pl.read_csv(out / "metadata.csv", infer_schema=False)
@@ -479,7 +485,7 @@ def test_tar_gz_with_its_table_inside_and_ambiguous_names(tmp_path: Path) -> Non
             {"part1.tar.gz": archive, "part2.zip": other},
             tmp_path / "x" / "images",
             tmp_path / "x" / "metadata.csv",
-            UnpackSettings(),
+            configured(UnpackSettings, on_bad_input="quarantine"),
         )
 
 
@@ -493,7 +499,12 @@ def test_missing_columns_are_clear_errors(tmp_path: Path) -> None:
             files,
             tmp_path / "a" / "images",
             tmp_path / "a" / "metadata.csv",
-            UnpackSettings(format="parquet", columns=AcquireColumns(lat="lat_deg")),
+            configured(
+                UnpackSettings,
+                format="parquet",
+                columns=AcquireColumns(lat="lat_deg"),
+                on_bad_input="quarantine",
+            ),
         )
     table = tmp_path / "labels.csv"
     table.write_text("id,lat\n000,1.0\n")
@@ -504,7 +515,7 @@ def test_missing_columns_are_clear_errors(tmp_path: Path) -> None:
             {"labels.csv": table, "images.zip": archive},
             tmp_path / "b" / "images",
             tmp_path / "b" / "metadata.csv",
-            UnpackSettings(),
+            configured(UnpackSettings, on_bad_input="quarantine"),
         )
 
 

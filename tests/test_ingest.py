@@ -16,16 +16,15 @@ from conftest import (
 from PIL import Image
 
 from geolocsft.errors import GeolocsftError, InputTableError
-from geolocsft.ingest import (
+from geolocsft.images import to_rgb8
+from geolocsft.ingest import IngestSettings, ingest, write_outputs
+from geolocsft.settings import configured
+from geolocsft.splits import assign_split
+from geolocsft.tables import (
     ColumnMap,
-    IngestSettings,
-    assign_split,
     check_table_columns,
-    ingest,
     normalise_image_id,
-    to_rgb8,
     unsafe_id_reason,
-    write_outputs,
 )
 
 
@@ -82,7 +81,7 @@ def reasons_by_row(rejected: pl.DataFrame) -> dict[int, str]:
 
 def test_every_bad_row_is_quarantined_with_row_and_reason(messy_dataset):
     images, table = messy_dataset
-    result = ingest(images, table, ColumnMap(), IngestSettings())
+    result = ingest(images, table, ColumnMap(), configured(IngestSettings))
     reasons = reasons_by_row(result.rejected)
     assert reasons == {
         4: "bad_latitude",
@@ -113,7 +112,7 @@ def test_every_bad_row_is_quarantined_with_row_and_reason(messy_dataset):
 
 def test_manifest_rows_carry_hash_size_format_and_country(messy_dataset):
     images, table = messy_dataset
-    manifest = ingest(images, table, ColumnMap(), IngestSettings()).manifest
+    manifest = ingest(images, table, ColumnMap(), configured(IngestSettings)).manifest
     paris = manifest.filter(pl.col("image_id") == "good_a").row(0, named=True)
     import hashlib
 
@@ -129,7 +128,7 @@ def test_manifest_rows_carry_hash_size_format_and_country(messy_dataset):
 def test_fail_policy_stops_with_every_problem_named(messy_dataset):
     images, table = messy_dataset
     with pytest.raises(GeolocsftError) as excinfo:
-        ingest(images, table, ColumnMap(), IngestSettings(on_bad_input="fail"))
+        ingest(images, table, ColumnMap(), configured(IngestSettings, on_bad_input="fail"))
     message = str(excinfo.value)
     assert "13 unusable" in message
     assert f"{table}, row 4" in message and "bad_latitude" in message
@@ -142,7 +141,7 @@ def test_high_bit_depth_can_be_rejected_and_converts_without_clipping(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("id,lat,lon\ngrey16,49.18,1.65\n")
     with pytest.raises(GeolocsftError, match="high_bit_depth"):
-        ingest(tmp_path, table, ColumnMap(), IngestSettings(high_bit_depth="reject"))
+        ingest(tmp_path, table, ColumnMap(), configured(IngestSettings, high_bit_depth="reject"))
     with Image.open(tiff) as image:
         rgb = to_rgb8(image)
     assert rgb.mode == "RGB"
@@ -151,7 +150,7 @@ def test_high_bit_depth_can_be_rejected_and_converts_without_clipping(tmp_path):
 
 
 def test_exif_gps_of_the_demo_photos_matches_their_source_metadata():
-    result = ingest(DEMO_IMAGES, None, ColumnMap(), IngestSettings())
+    result = ingest(DEMO_IMAGES, None, ColumnMap(), configured(IngestSettings))
     assert result.rejected.height == 0
     assert result.manifest.height == len(list(DEMO_IMAGES.iterdir())) - 0
     rome = result.manifest.filter(pl.col("image_id") == "Apple_iPhone_4").row(0, named=True)
@@ -164,7 +163,7 @@ def test_exif_gps_of_the_demo_photos_matches_their_source_metadata():
 def test_images_without_exif_gps_are_reported_when_no_table_is_given(tmp_path):
     write_photo(tmp_path / "plain.jpg")
     with pytest.raises(GeolocsftError, match="no_exif_gps"):
-        ingest(tmp_path, None, ColumnMap(), IngestSettings())
+        ingest(tmp_path, None, ColumnMap(), configured(IngestSettings))
 
 
 @pytest.mark.parametrize(
@@ -181,7 +180,7 @@ def test_real_dataset_column_names_are_recognised(tmp_path, header, columns):
     write_photo(tmp_path / "img" / "a b@N00.jpg")
     table = tmp_path / "t.csv"
     table.write_text(f"{header}\na b@N00.jpg,10.5,-20.25\n")
-    manifest = ingest(tmp_path / "img", table, columns, IngestSettings()).manifest
+    manifest = ingest(tmp_path / "img", table, columns, configured(IngestSettings)).manifest
     assert manifest.select("image_id", "lat", "lon").row(0) == ("a b@N00", 10.5, -20.25)
 
 
@@ -189,7 +188,9 @@ def test_parquet_table_with_file_column_relative_to_the_table(tmp_path):
     write_photo(tmp_path / "data" / "pics" / "x.webp")
     table = tmp_path / "data" / "meta.parquet"
     pl.DataFrame({"file": ["pics/x.webp"], "lat": [1.0], "lon": [2.0]}).write_parquet(table)
-    manifest = ingest(tmp_path / "elsewhere", table, ColumnMap(), IngestSettings()).manifest
+    manifest = ingest(
+        tmp_path / "elsewhere", table, ColumnMap(), configured(IngestSettings)
+    ).manifest
     assert manifest.select("image_id", "format").row(0) == ("x", "WEBP")
 
 
@@ -209,7 +210,7 @@ def test_unlabelled_images_are_counted_not_ingested(tmp_path):
     write_photo(tmp_path / "stray.jpg")
     table = tmp_path / "t.csv"
     table.write_text("id,lat,lon\na,1,2\n")
-    result = ingest(tmp_path, table, ColumnMap(), IngestSettings())
+    result = ingest(tmp_path, table, ColumnMap(), configured(IngestSettings))
     assert result.manifest["image_id"].to_list() == ["a"]
     assert result.summary["unlabelled_images"] == 1
     assert result.summary["unlabelled_examples"] == ["stray.jpg"]
@@ -234,7 +235,7 @@ def test_id_rules():
 
 def test_outputs_are_written(tmp_path, messy_dataset):
     images, table = messy_dataset
-    result = ingest(images, table, ColumnMap(), IngestSettings())
+    result = ingest(images, table, ColumnMap(), configured(IngestSettings))
     out = tmp_path / "out"
     write_outputs(result, out / "m.parquet", out / "rejected.csv", out / "summary.json")
     assert pl.read_parquet(out / "m.parquet").height == 5
@@ -253,7 +254,7 @@ def test_im2gps3k_label_file_with_ids_carrying_extensions(shared_dir):
         sample / "images",
         sample / "im2gps3k_all_metadata.csv",
         ColumnMap(id="IMG_ID"),
-        IngestSettings(),
+        configured(IngestSettings),
         split_mode="all_test",
     )
     assert result.manifest.height == 200
@@ -268,7 +269,7 @@ def test_configured_pixel_limit_rejects_before_decoding(tmp_path):
     write_photo(tmp_path / "ok.jpg", size=(40, 40))
     table = tmp_path / "t.csv"
     table.write_text("id,lat,lon\nbig,1,1\nok,1,1\n")
-    result = ingest(tmp_path, table, ColumnMap(), IngestSettings(max_image_pixels=5000))
+    result = ingest(tmp_path, table, ColumnMap(), configured(IngestSettings, max_image_pixels=5000))
     assert result.manifest["image_id"].to_list() == ["ok"]
     row = result.rejected.row(0, named=True)
     assert row["reason"] == "decompression_bomb"

@@ -11,8 +11,9 @@ from conftest import write_16bit_tiff, write_photo
 from PIL import Image
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.settings import configured
 from geolocsft.sft.dataset import DatasetSettings, assistant_text, build_dataset
-from geolocsft.standin import caption_for
+from geolocsft.testing.standin import caption_for
 
 
 def caption_file(folder: Path, image_id: str, lat: float, lon: float, thinking: bool) -> None:
@@ -53,7 +54,12 @@ def test_dataset_files_follow_llamafactory_sharegpt(corpus, tmp_path):
     manifest, index, captions = corpus
     out = tmp_path / "sft"
     stats = build_dataset(
-        manifest, index, captions, "Where?\n", DatasetSettings(name="geo", image_max_side=256), out
+        manifest,
+        index,
+        captions,
+        "Where?\n",
+        configured(DatasetSettings, name="geo", image_max_side=256),
+        out,
     )
     samples = json.loads((out / "geo.json").read_text())
     assert [s["images"] for s in samples] == [
@@ -77,7 +83,9 @@ def test_dataset_files_follow_llamafactory_sharegpt(corpus, tmp_path):
 
 def test_flagged_captions_can_be_included_and_validation_split_is_stable(corpus, tmp_path):
     manifest, index, captions = corpus
-    settings = DatasetSettings(name="geo", include_flagged=True, validation_fraction=0.5)
+    settings = configured(
+        DatasetSettings, name="geo", include_flagged=True, validation_fraction=0.5
+    )
     first = build_dataset(manifest, index, captions, "Where?", settings, tmp_path / "one")
     second = build_dataset(manifest, index, captions, "Where?", settings, tmp_path / "two")
     assert first == second

@@ -23,18 +23,21 @@ import yaml
 from conftest import REPO, write_photo
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.settings import configured
 from geolocsft.sft import predict as predict_module
 from geolocsft.sft.predict import (
     PREDICTION_SCHEMA,
-    PredictSettings,
     VLLMPredictor,
     VLLMSettings,
     predict,
+    predict_settings,
     require_gpu,
     vllm_lora_rank,
+    vllm_settings,
 )
 
 INSTRUCTION = "Where was this photo taken? Answer with latitude and longitude.\n"
+ENGINE = vllm_settings({"dataset": "d"})
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +80,18 @@ def test_a_fake_slurm_gpu_does_not_count_as_a_gpu(monkeypatch):
     with pytest.raises(GeolocsftError, match=r"CUDA_VISIBLE_DEVICES='0' is set, but torch"):
         require_gpu("vllm", "r")
     with pytest.raises(GeolocsftError, match="needs a GPU"):  # before vllm is even imported
-        VLLMPredictor(Path("model"), None, PredictSettings(instruction="x"), run_name="r")
+        VLLMPredictor(
+            Path("model"), None, predict_settings({"dataset": "d"}, {}, "x"), ENGINE, run_name="r"
+        )
 
 
 def test_missing_vllm_package_is_named_with_how_to_install_it(monkeypatch):
     monkeypatch.setattr(predict_module, "cuda_available", lambda: True)
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(GeolocsftError, match=r"pip install vllm.*constraints\.txt"):
-        VLLMPredictor(Path("model"), None, PredictSettings(instruction="x"), run_name="r")
+        VLLMPredictor(
+            Path("model"), None, predict_settings({"dataset": "d"}, {}, "x"), ENGINE, run_name="r"
+        )
 
 
 def test_adapter_rank_is_rounded_up_to_a_rank_vllm_accepts():
@@ -190,16 +197,19 @@ def test_vllm_requests_batches_and_rows(tiny_model, adapter, tmp_path, monkeypat
     )
     fake = FakeVLLM(answers)
     fake.install(monkeypatch)
-    settings = PredictSettings(
-        instruction=INSTRUCTION,
-        image_max_pixels=28 * 28 * 16,
-        max_new_tokens=64,
-        samples=samples,
-        temperature=0.8,
-        seed=7,
-    )
-    engine = VLLMSettings(
-        tensor_parallel_size=2, gpu_memory_utilization=0.5, max_model_len=3072, batch_size=2
+    run = {
+        "dataset": "d",
+        "image_max_pixels": 28 * 28 * 16,
+        "seed": 7,
+        "predict": {"max_new_tokens": 64, "samples": samples, "temperature": 0.8},
+    }
+    settings = predict_settings(run, {}, INSTRUCTION)
+    engine = configured(
+        VLLMSettings,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.5,
+        max_model_len=3072,
+        batch_size=2,
     )
     predictor = VLLMPredictor(tiny_model, adapter, settings, engine, run_name="tiny-demo")
     (llm,) = fake.engines
@@ -248,8 +258,10 @@ def test_vllm_requests_batches_and_rows(tiny_model, adapter, tmp_path, monkeypat
 def test_greedy_single_answer_and_no_adapter(tiny_model, tmp_path, monkeypatch):
     fake = FakeVLLM(iter(["lat 1 lon 2", '{"latitude": 3, "longitude": 4}']))
     fake.install(monkeypatch)
-    settings = PredictSettings(instruction=INSTRUCTION, max_new_tokens=16)
-    predictor = VLLMPredictor(tiny_model, None, settings, VLLMSettings(batch_size=8))
+    settings = predict_settings(
+        {"dataset": "d", "predict": {"max_new_tokens": 16}}, {}, INSTRUCTION
+    )
+    predictor = VLLMPredictor(tiny_model, None, settings, configured(VLLMSettings, batch_size=8))
     (llm,) = fake.engines
     assert "enable_lora" not in llm.options
     table = predict(predictor, targets(tmp_path / "images", 2), progress=False)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from geolocsft.errors import GeolocsftError
-from geolocsft.sft.predict import aggregate, fit_image
+from geolocsft.images import fit_to_model
+from geolocsft.sft.predict import aggregate
 from geolocsft.sft.train import (
     RunSettings,
     first_host,
@@ -109,7 +110,7 @@ def test_multi_sample_answers_aggregate_to_the_geodesic_medoid():
 def test_images_are_fitted_like_llamafactory_does():
     from PIL import Image
 
-    big = fit_image(Image.new("RGB", (2000, 1000)), max_pixels=50_176)
+    big = fit_to_model(Image.new("RGB", (2000, 1000)), max_pixels=50_176)
     assert big.width * big.height <= 50_176 and big.width == 2 * big.height
-    tiny = fit_image(Image.new("L", (10, 5)), max_pixels=50_176)
+    tiny = fit_to_model(Image.new("L", (10, 5)), max_pixels=50_176)
     assert tiny.mode == "RGB" and min(tiny.size) >= 28

@@ -11,6 +11,7 @@ import pytest
 from conftest import write_photo
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.settings import configured
 from geolocsft.sft.dataset import DatasetSettings, build_dataset
 from geolocsft.sft.token_stats import (
     kept_lengths,
@@ -18,7 +19,7 @@ from geolocsft.sft.token_stats import (
     summarize,
     token_lengths,
 )
-from geolocsft.standin import caption_for
+from geolocsft.testing.standin import caption_for
 
 INSTRUCTION = "Where was this photo taken? Answer with latitude and longitude."
 #: Image id -> square side in pixels; the tiny processor gives one token per 28x28 pixels.
@@ -53,7 +54,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "failure_reason": [None] * len(SIDES),
         }
     )
-    settings = DatasetSettings(name="geo", target="coordinates", image_max_side=1024)
+    settings = configured(DatasetSettings, name="geo", target="coordinates", image_max_side=1024)
     build_dataset(manifest, index, captions, INSTRUCTION, settings, root / "geo")
     return root / "geo" / "geo.json"
 

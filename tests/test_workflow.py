@@ -134,11 +134,13 @@ def test_demo_fine_tunes_the_tiny_model_until_it_answers_with_coordinates(demo_r
 
 
 def test_untrained_tiny_model_gives_no_parseable_answer(demo_run):
-    from geolocsft.baselines import evaluation_targets
-    from geolocsft.sft.predict import PredictSettings, TransformersPredictor, predict
+    from geolocsft.sft.predict import TransformersPredictor, predict, predict_settings
+    from geolocsft.splits import evaluation_targets
 
     instruction = (REPO / "config" / "prompts" / "instruction-answer-v1.txt").read_text()
-    settings = PredictSettings(instruction=instruction, image_max_pixels=50176, max_new_tokens=48)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["sft"]
+    run = config["runs"]["tiny-demo"]
+    settings = predict_settings(run, config["datasets"][run["dataset"]], instruction)
     model = demo_run / "results" / "models" / "tiny-qwen2vl"
     targets = evaluation_targets(pl.read_parquet(demo_run / "results" / "manifest.parquet"))
     targets = targets.with_columns(
@@ -186,6 +188,17 @@ def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_
         "audit_manifest": 1,
         "all": 1,
     }
+
+
+def test_a_module_used_only_indirectly_by_a_script_reruns_its_rule(demo_run, tmp_path):
+    """scripts/predict_sft.py never imports geolocsft.answers; sft.predict does. The rule's code
+    version comes from the static import graph, so a change there reruns the predictions."""
+    workdir = copy_finished_run(demo_run, tmp_path / "wf")
+    with (workdir / "src" / "geolocsft" / "answers.py").open("a") as module:
+        module.write("\n# a change to the answer parser\n")
+    plan = planned_jobs(workdir)
+    assert plan["predict_sft"] == 1 and plan["evaluate"] == 1, plan
+    assert "sft_train" not in plan and "ingest_corpus" not in plan, plan
 
 
 def test_adding_an_image_reruns_ingest_and_keeps_existing_splits(demo_run, tmp_path):
@@ -280,7 +293,7 @@ def test_im2gps3k_sample_as_a_benchmark(shared_dir, tmp_path):
 def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
     tmp_path, monkeypatch
 ):
-    from geolocsft.standin import Standin, StandinState
+    from geolocsft.testing.standin import Standin, StandinState
 
     key = "AIza-workflow-test-key-must-not-leak"
     workdir = copy_workflow(tmp_path / "wf")

@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO, write_photo
 
 from geolocsft.errors import GeolocsftError
-from geolocsft.standin import Standin, StandinState
+from geolocsft.testing.standin import Standin, StandinState
 from geolocsft.zeroshot import load_zero_shot_prompt, predict_zero_shot, predictor_settings
 
 PROMPT = REPO / "config" / "prompts" / "zeroshot-v1.txt"

@@ -41,12 +41,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from geolocsft.codegraph import code_version_from_files
 from geolocsft.errors import GeolocsftError
+from geolocsft.io import canonical_sha256, file_sha256
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_SCHEMA = "geolocsft-provenance-1"
-MANIFEST_SCHEMA = "geolocsft-audit-manifest-1"
+AUDIT_MANIFEST_SCHEMA = "geolocsft-audit-manifest-1"
 #: The distributions whose versions each record keeps (those installed).
 TRACKED_PACKAGES = (
     "geolocsft",
@@ -74,17 +76,8 @@ TRACKED_PACKAGES = (
     "pyproj",
     "matplotlib",
 )
-_CHUNK = 1 << 20
 #: Files inside directory outputs that are not part of the artifact: Snakemake's own marker.
 IGNORED_FILES = frozenset({".snakemake_timestamp"})
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def artifact_digest(path: Path) -> dict[str, Any]:
@@ -155,11 +148,6 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def canonical_sha256(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def split_code_version(version: str) -> tuple[list[str], str]:
     """``"errors,evaluate:ab12…"`` -> (["errors", "evaluate"], "ab12…")."""
     modules, _, digest = version.rpartition(":")
@@ -222,7 +210,7 @@ def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
             "provenance": str(record_path),
         }
     return {
-        "schema": MANIFEST_SCHEMA,
+        "schema": AUDIT_MANIFEST_SCHEMA,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": git_state(checkout_root()),
         "packages": package_versions(),
@@ -232,8 +220,6 @@ def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
 
 def code_version_of(modules: Sequence[str], src_dir: Path) -> str:
     """The code version of ``modules`` as the source under ``src_dir`` has them now."""
-    from geolocsft.workflow import code_version_from_files
-
     return code_version_from_files(modules, src_dir)
 
 
@@ -289,8 +275,8 @@ def audit(
             f"{manifest_file}: no audit manifest; run the workflow first (its last job writes it)"
         )
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    if manifest.get("schema") != MANIFEST_SCHEMA:
-        raise GeolocsftError(f"{manifest_file}: not a {MANIFEST_SCHEMA} file")
+    if manifest.get("schema") != AUDIT_MANIFEST_SCHEMA:
+        raise GeolocsftError(f"{manifest_file}: not a {AUDIT_MANIFEST_SCHEMA} file")
     src_dir = workdir / "src"
     records: dict[str, dict[str, Any]] = {}
     code_drift: dict[str, str] = {}

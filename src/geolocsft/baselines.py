@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,8 +20,10 @@ from tqdm import tqdm
 
 from geolocsft.errors import BadImageError, GeolocsftError
 from geolocsft.geo import geodesic_medoid_index
+from geolocsft.images import open_upright_rgb
+from geolocsft.predictions import prediction_table
+from geolocsft.splits import training_rows
 
-PREDICTION_COLUMNS = ("image_id", "pred_lat", "pred_lon", "true_lat", "true_lon", "raw_answer")
 #: Above this many training points the medoid is searched in a fixed-seed sample of them.
 MEDOID_SAMPLE = 5000
 
@@ -29,21 +32,20 @@ MEDOID_SAMPLE = 5000
 class FeatureSettings:
     """Image features of the kNN baseline (``baselines.knn`` in config)."""
 
-    thumbnail_px: int = 8
-    histogram_bins: int = 4
+    CONFIG_SECTION: ClassVar[str] = "baselines.knn"
+
+    thumbnail_px: int
+    histogram_bins: int
 
 
 def image_features(path: Path, settings: FeatureSettings) -> npt.NDArray[np.float32]:
     """A joint RGB colour histogram plus a tiny greyscale thumbnail, each L2-normalised."""
-    from PIL import Image, ImageOps
-
-    from geolocsft.ingest import to_rgb8
+    from PIL import Image
 
     try:
-        with Image.open(path) as opened:
-            rgb = to_rgb8(ImageOps.exif_transpose(opened))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadImageError(f"{path}: cannot decode the image for kNN features: {exc}") from exc
+        rgb = open_upright_rgb(path)
+    except BadImageError as exc:
+        raise BadImageError(f"{exc} (kNN features)") from exc
     rgb.thumbnail((256, 256))
     pixels = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
     bins = settings.histogram_bins
@@ -82,24 +84,9 @@ def compute_features(manifest: pl.DataFrame, settings: FeatureSettings) -> pl.Da
     )
 
 
-def _prediction_table(
-    targets: pl.DataFrame, pred_lat: npt.ArrayLike, pred_lon: npt.ArrayLike, raw: list[str]
-) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "image_id": targets["image_id"],
-            "pred_lat": np.asarray(pred_lat, dtype=np.float64),
-            "pred_lon": np.asarray(pred_lon, dtype=np.float64),
-            "true_lat": targets["lat"],
-            "true_lon": targets["lon"],
-            "raw_answer": pl.Series(raw, dtype=pl.String),
-        }
-    )
-
-
-def training_rows(manifest: pl.DataFrame) -> pl.DataFrame:
+def training_set(manifest: pl.DataFrame) -> pl.DataFrame:
     """The train split of a corpus manifest, or an error when it is empty."""
-    train = manifest.filter(pl.col("split") == "train")
+    train = training_rows(manifest)
     if train.height == 0:
         raise GeolocsftError(
             "the corpus has no training images (check ingest.test_fraction and the rejection "
@@ -120,7 +107,7 @@ def predict_medoid(train: pl.DataFrame, targets: pl.DataFrame, seed: int = 0) ->
         f"lat {lat[best]:.6f}, lon {lon[best]:.6f}"
     )
     n = targets.height
-    return _prediction_table(targets, np.full(n, lat[best]), np.full(n, lon[best]), [answer] * n)
+    return prediction_table(targets, np.full(n, lat[best]), np.full(n, lon[best]), [answer] * n)
 
 
 def predict_knn(
@@ -144,7 +131,7 @@ def predict_knn(
     target_x = matrix(targets, target_features, "target")
     k = min(neighbors, train.height)
     if targets.height == 0:
-        return _prediction_table(targets, [], [], [])
+        return prediction_table(targets, [], [], [])
     index = NearestNeighbors(n_neighbors=k).fit(train_x)
     distances, neighbours = index.kneighbors(target_x)
     train_lat, train_lon = train["lat"].to_numpy(), train["lon"].to_numpy()
@@ -158,9 +145,4 @@ def predict_knn(
             "nearest training images by colour/thumbnail features: "
             + ", ".join(f"{train_ids[i]} ({d:.3f})" for i, d in zip(row_idx, row_dist, strict=True))
         )
-    return _prediction_table(targets, pred_lat, pred_lon, raw)
-
-
-def evaluation_targets(manifest: pl.DataFrame) -> pl.DataFrame:
-    """The images to predict: the test split (a benchmark manifest is all test)."""
-    return manifest.filter(pl.col("split") == "test")
+    return prediction_table(targets, pred_lat, pred_lon, raw)

@@ -38,9 +38,9 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 def add_evaluate_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     """``geolocsft evaluate PRED.csv``: Acc@R, per-country table and plots of a prediction file."""
-    from geolocsft.evaluate import EvaluationSettings
+    from geolocsft.evaluate import default_settings
 
-    defaults = EvaluationSettings()
+    defaults = default_settings()
     default_thresholds = ",".join(f"{r:g}" for r in defaults.thresholds_km)
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "evaluate",
@@ -123,13 +123,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``geolocsft evaluate``."""
     from geolocsft.evaluate import EvaluationSettings, evaluate_file, metrics_markdown
 
-    settings = EvaluationSettings(
-        thresholds_km=args.thresholds,
-        distance=args.distance,
-        earth_radius_km=args.earth_radius_km,
-        bootstrap_resamples=args.bootstrap,
-        confidence=args.confidence,
-        seed=args.seed,
+    settings = EvaluationSettings.from_mapping(
+        {
+            "thresholds_km": args.thresholds,
+            "distance": args.distance,
+            "earth_radius_km": args.earth_radius_km,
+            "bootstrap_resamples": args.bootstrap,
+            "confidence": args.confidence,
+            "seed": args.seed,
+        }
     )
     predictions: Path = args.predictions
     out_dir = args.out if args.out is not None else default_evaluate_dir(predictions)

@@ -52,41 +52,40 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, ClassVar, get_args
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from geolocsft import plots
 from geolocsft.errors import GeolocsftError, InputTableError
 from geolocsft.geo import (
-    MEAN_EARTH_RADIUS_KM,
+    HIT_TOLERANCE_KM,
     DistanceMethod,
     FloatArray,
     distance_km,
     geoscore,
     valid_coordinates,
 )
+from geolocsft.io import read_text_table
+from geolocsft.settings import from_config
 
 log = logging.getLogger(__name__)
 
 BoolArray = npt.NDArray[np.bool_]
 
-PREDICTION_COLUMNS = ("pred_lat", "pred_lon")
+PREDICTED_COLUMNS = ("pred_lat", "pred_lon")
 TRUTH_COLUMNS = ("true_lat", "true_lon")
-REQUIRED_COLUMNS = (*PREDICTION_COLUMNS, *TRUTH_COLUMNS)
+REQUIRED_COLUMNS = (*PREDICTED_COLUMNS, *TRUTH_COLUMNS)
 #: Columns that evaluation adds to the per-image table (an input column of that name is replaced).
 PER_IMAGE_ADDED_COLUMNS = ("distance_km", "answered", "geoscore")
 #: Label of rows whose country is unknown (null or empty) in the per-country table.
 UNKNOWN_COUNTRY = "unknown"
-#: A distance within this much of a threshold still counts as a hit (1 mm of float rounding).
-HIT_TOLERANCE_KM = 1e-6
 #: How many offending rows an error message lists before "and N more".
 MAX_ROWS_IN_MESSAGE = 5
-PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
-TSV_SUFFIXES = frozenset({".tsv", ".tab"})
 
 OUTPUT_FILES = {
     "json": "accuracy.json",
@@ -113,13 +112,15 @@ class EvaluationSettings:
     Invalid values raise :class:`~geolocsft.errors.GeolocsftError`.
     """
 
-    thresholds_km: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
-    distance: DistanceMethod = "haversine"
-    earth_radius_km: float = MEAN_EARTH_RADIUS_KM
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    map_max_points: int = 20_000
+    CONFIG_SECTION: ClassVar[str] = "evaluate"
+
+    thresholds_km: tuple[float, ...]
+    distance: DistanceMethod
+    earth_radius_km: float
+    bootstrap_resamples: int
+    confidence: float
+    seed: int
+    map_max_points: int
 
     def __post_init__(self) -> None:
         try:
@@ -152,12 +153,8 @@ class EvaluationSettings:
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> EvaluationSettings:
-        """Settings from the ``evaluate`` section of the config; unknown keys are logged."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            log.warning("evaluate: ignoring unknown setting(s) %s", ", ".join(unknown))
-        values = {key: value for key, value in config.items() if key in known}
+        """Settings from the ``evaluate`` section of the config (schema defaults filled in)."""
+        values = dict(config)
         if "thresholds_km" in values and not isinstance(values["thresholds_km"], str | bytes):
             try:
                 values["thresholds_km"] = tuple(values["thresholds_km"])
@@ -165,7 +162,12 @@ class EvaluationSettings:
                 raise GeolocsftError(
                     f"evaluate: thresholds_km must be a list, got {values['thresholds_km']!r}"
                 ) from exc
-        return cls(**values)
+        return from_config(cls, values, "evaluate")
+
+
+def default_settings() -> EvaluationSettings:
+    """The ``evaluate`` settings with every value at its schema default."""
+    return EvaluationSettings.from_mapping({})
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:
@@ -287,9 +289,10 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 def compute_distances(
-    arrays: PredictionArrays, settings: EvaluationSettings = EvaluationSettings()
+    arrays: PredictionArrays, settings: EvaluationSettings | None = None
 ) -> FloatArray:
     """Distance in km of every prediction from its truth; NaN where the row is unanswered."""
+    settings = settings or default_settings()
     distances = distance_km(
         arrays.true_lat,
         arrays.true_lon,
@@ -333,7 +336,7 @@ def bootstrap_accuracy_ci(
 
 
 def compute_metrics(
-    distance: npt.ArrayLike, settings: EvaluationSettings = EvaluationSettings()
+    distance: npt.ArrayLike, settings: EvaluationSettings | None = None
 ) -> AccuracyMetrics:
     """Acc@R, answered count, median/mean error and mean GeoScore of distances in km.
 
@@ -342,6 +345,7 @@ def compute_metrics(
     over answered rows. Bootstrap intervals: see :func:`bootstrap_accuracy_ci`. Vectorised: one
     sort of the answered distances serves every threshold and the median.
     """
+    settings = settings or default_settings()
     d = np.asarray(distance, dtype=np.float64).ravel()
     n = int(d.size)
     answered = np.sort(d[np.isfinite(d)])
@@ -395,7 +399,7 @@ def per_country_schema(settings: EvaluationSettings) -> dict[str, pl.DataType]:
 def per_country_table(
     distance: npt.ArrayLike,
     country_code: pl.Series | Sequence[str | None] | None,
-    settings: EvaluationSettings = EvaluationSettings(),
+    settings: EvaluationSettings | None = None,
 ) -> pl.DataFrame:
     """Accuracy per country of the true location, largest country first.
 
@@ -403,6 +407,7 @@ def per_country_table(
     grouped under :data:`UNKNOWN_COUNTRY`. ``country_code=None`` (no country information)
     gives an empty table with the columns of :func:`per_country_schema`.
     """
+    settings = settings or default_settings()
     schema = per_country_schema(settings)
     if country_code is None:
         return pl.DataFrame(schema=schema)
@@ -444,31 +449,6 @@ def per_country_table(
 
 # ---------------------------------------------------------------------------------------------
 # Reading and checking tables
-
-
-def read_text_table(path: Path, what: str = "prediction table") -> pl.DataFrame:
-    """A CSV/TSV/Parquet table with every column as text and header names stripped.
-
-    Raises :class:`InputTableError` naming the file when it is missing or unreadable.
-    """
-    if not path.is_file():
-        raise InputTableError(f"{path}: {what} not found (no such file)")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in PARQUET_SUFFIXES:
-            table = pl.read_parquet(path)
-            table = table.with_columns(pl.all().cast(pl.String))
-        else:
-            separator = "\t" if suffix in TSV_SUFFIXES else ","
-            table = pl.read_csv(
-                path, infer_schema=False, separator=separator, encoding="utf8-lossy"
-            )
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputTableError(f"{path}: cannot read the {what}: {exc}") from exc
-    stripped = [name.strip() for name in table.columns]
-    if stripped != table.columns and len(set(stripped)) == len(stripped):
-        table.columns = stripped
-    return table
 
 
 def _require_columns(table: pl.DataFrame, required: Sequence[str], source: str, what: str) -> None:
@@ -593,12 +573,13 @@ def attach_countries(
 
 def evaluate_table(
     table: pl.DataFrame,
-    settings: EvaluationSettings = EvaluationSettings(),
+    settings: EvaluationSettings | None = None,
     *,
     source: str = "<table>",
     label: str | None = None,
 ) -> EvaluationResult:
     """Score a text prediction table in memory (see :func:`parse_prediction_table`)."""
+    settings = settings or default_settings()
     arrays = parse_prediction_table(table, source)
     distances = compute_distances(arrays, settings)
     metrics = compute_metrics(distances, settings)
@@ -626,7 +607,7 @@ def evaluate_file(
     out_dir: str | os.PathLike[str],
     *,
     manifest_path: str | os.PathLike[str] | None = None,
-    settings: EvaluationSettings = EvaluationSettings(),
+    settings: EvaluationSettings | None = None,
     make_plots: bool = True,
     label: str | None = None,
 ) -> EvaluationResult:
@@ -637,11 +618,12 @@ def evaluate_file(
     The files written are listed in the module docstring; plots only when ``make_plots``.
     User-facing problems raise :class:`~geolocsft.errors.GeolocsftError`.
     """
+    settings = settings or default_settings()
     pred = Path(pred_path)
     out = Path(out_dir)
     manifest = Path(manifest_path) if manifest_path is not None else None
     started = time.perf_counter()
-    table = read_text_table(pred)
+    table = read_text_table(pred, "prediction table")
     table = attach_countries(table, manifest, str(pred))
     read_s = time.perf_counter() - started
     result = evaluate_table(
@@ -670,8 +652,6 @@ def evaluate_file(
         result.per_country.write_csv(paths["per_country"])
         written_s = time.perf_counter() - started
         if make_plots:
-            from geolocsft import plots
-
             a = result.arrays
             plots.plot_error_cdf(
                 result.distance_km,

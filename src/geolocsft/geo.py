@@ -15,6 +15,8 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Mean Earth radius (IUGG R1) in km: the default of every distance in geolocsft.
 MEAN_EARTH_RADIUS_KM = 6371.0088
+#: A distance within this much of a threshold still counts as a hit (1 mm of float rounding).
+HIT_TOLERANCE_KM = 1e-6
 #: Scale of the GeoGuessr score: 5000 * exp(-d / 1492.7 km).
 GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0

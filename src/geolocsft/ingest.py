@@ -15,11 +15,10 @@ import logging
 import os
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -27,21 +26,20 @@ from tqdm import tqdm
 
 from geolocsft.errors import GeolocsftError, InputTableError
 from geolocsft.geo import valid_coordinates
-
-log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".jfif"}
+from geolocsft.geocode import reverse_geocode
+from geolocsft.images import HIGH_BIT_DEPTH_MODES, IMAGE_SUFFIXES
+from geolocsft.io import atomic_write_json
+from geolocsft.splits import assign_split
+from geolocsft.tables import (
+    ColumnMap,
+    normalise_image_id,
+    parse_coordinate,
+    read_metadata_table,
+    resolve_columns,
+    unsafe_id_reason,
 )
 
-# Column names that real datasets use, matched case-insensitively, in order of preference.
-ID_COLUMN_CANDIDATES = ("image_id", "id", "img_id", "image", "photo_id", "name")
-LAT_COLUMN_CANDIDATES = ("lat", "latitude", "gps_lat", "gps_latitude", "y")
-LON_COLUMN_CANDIDATES = ("lon", "lng", "long", "longitude", "gps_lon", "gps_longitude", "x")
-FILE_COLUMN_CANDIDATES = ("file", "path", "filepath", "file_path", "image_path", "filename")
-
-# Modes that are not 8-bit per channel (16-bit or 32-bit greyscale, float): models want 8-bit RGB.
-HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+log = logging.getLogger(__name__)
 
 BadInputPolicy = Literal["quarantine", "fail"]
 HighBitDepthPolicy = Literal["convert", "reject"]
@@ -73,27 +71,19 @@ REJECTED_SCHEMA: dict[str, type[pl.DataType] | pl.DataType] = {
 
 
 @dataclass(frozen=True)
-class ColumnMap:
-    """Which table column holds what; ``None`` means detect from the usual names."""
-
-    id: str | None = None
-    lat: str | None = None
-    lon: str | None = None
-    file: str | None = None
-
-
-@dataclass(frozen=True)
 class IngestSettings:
     """The ``ingest:`` section of the config (see config/README.md)."""
 
-    on_bad_input: BadInputPolicy = "quarantine"
-    high_bit_depth: HighBitDepthPolicy = "convert"
-    test_fraction: float = 0.2
-    split_salt: str = "geolocsft-v1"
-    min_side_px: int = 32
-    max_image_pixels: int = 89_478_485
-    reverse_geocode_max_km: float = 100.0
-    workers: int = 0  # 0 = one per CPU core
+    CONFIG_SECTION: ClassVar[str] = "ingest"
+
+    on_bad_input: BadInputPolicy
+    high_bit_depth: HighBitDepthPolicy
+    test_fraction: float
+    split_salt: str
+    min_side_px: int
+    max_image_pixels: int
+    reverse_geocode_max_km: float
+    workers: int  # 0 = one per CPU core
 
 
 @dataclass
@@ -146,124 +136,6 @@ class IngestResult:
     manifest: pl.DataFrame
     rejected: pl.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# Identifiers and columns
-
-
-def normalise_image_id(raw: str) -> str:
-    """Strip surrounding blanks and a known image extension: ``a@N00.jpg`` → ``a@N00``."""
-    text = raw.strip()
-    suffix = PurePosixPath(text).suffix.lower()
-    return text[: -len(suffix)] if suffix in IMAGE_SUFFIXES else text
-
-
-def unsafe_id_reason(image_id: str) -> str | None:
-    """Why an id cannot name a file under an output folder, or ``None`` if it can.
-
-    Ids become file names later (one caption JSON per image), so path separators, ``..``,
-    leading dots, control characters and over-long names are refused. Characters such as ``@``,
-    spaces or non-ASCII letters are fine.
-    """
-    if not image_id:
-        return "the id is empty"
-    if "/" in image_id or "\\" in image_id:
-        return "the id contains a path separator and would escape the output folder"
-    if image_id.startswith("."):
-        return "the id starts with '.' (hidden file, or '..' escaping the output folder)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id):
-        return "the id contains control characters"
-    if len(image_id.encode()) > 200:
-        return "the id is longer than 200 bytes and cannot be a file name"
-    return None
-
-
-def _find_column(
-    columns: Sequence[str], wanted: str | None, candidates: Sequence[str]
-) -> str | None:
-    if wanted is not None:
-        return wanted if wanted in columns else None
-    by_lower = {c.strip().lower(): c for c in columns}
-    for name in candidates:
-        if name in by_lower:
-            return by_lower[name]
-    return None
-
-
-def resolve_columns(columns: Sequence[str], column_map: ColumnMap, table: str) -> ColumnMap:
-    """Pick the id/lat/lon/file columns, or raise an error naming the table and its columns."""
-    found = ColumnMap(
-        id=_find_column(columns, column_map.id, ID_COLUMN_CANDIDATES),
-        lat=_find_column(columns, column_map.lat, LAT_COLUMN_CANDIDATES),
-        lon=_find_column(columns, column_map.lon, LON_COLUMN_CANDIDATES),
-        file=_find_column(columns, column_map.file, FILE_COLUMN_CANDIDATES),
-    )
-    problems = []
-    for role, candidates in (("lat", LAT_COLUMN_CANDIDATES), ("lon", LON_COLUMN_CANDIDATES)):
-        if getattr(found, role) is None:
-            asked = getattr(column_map, role)
-            problems.append(
-                f"column {asked!r} (columns.{role} in config) is not in the table"
-                if asked
-                else f"no {role} column (looked for {', '.join(candidates)}; "
-                f"set columns.{role} in config)"
-            )
-    if column_map.id is not None and found.id is None:
-        problems.append(f"column {column_map.id!r} (columns.id in config) is not in the table")
-    if column_map.file is not None and found.file is None:
-        problems.append(f"column {column_map.file!r} (columns.file in config) is not in the table")
-    if found.id is None and found.file is None and not problems:
-        problems.append(
-            "no image id or file column (looked for "
-            f"{', '.join(ID_COLUMN_CANDIDATES + FILE_COLUMN_CANDIDATES)}; set columns.id)"
-        )
-    if problems:
-        raise InputTableError(
-            f"{table}: " + "; ".join(problems) + f". The table's columns are: {', '.join(columns)}"
-        )
-    return found
-
-
-def read_metadata_table(path: Path) -> pl.DataFrame:
-    """Read a CSV/TSV/Parquet table with every column as text (values are validated later)."""
-    if not path.is_file():
-        raise InputTableError(f"{path}: metadata table not found")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in {".parquet", ".pq"}:
-            table = pl.read_parquet(path)
-            return table.with_columns(pl.all().cast(pl.String))
-        separator = "\t" if suffix in {".tsv", ".tab"} else ","
-        return pl.read_csv(path, infer_schema=False, separator=separator, encoding="utf8-lossy")
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputTableError(f"{path}: cannot read the metadata table: {exc}") from exc
-
-
-def check_table_columns(path: Path, column_map: ColumnMap) -> ColumnMap:
-    """Check from the header alone that a table has usable id/lat/lon columns (parse time)."""
-    if not path.is_file():
-        raise InputTableError(f"{path}: metadata table not found")
-    try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            columns = list(pl.read_parquet_schema(path))
-        else:
-            separator = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-            columns = pl.read_csv(path, n_rows=0, separator=separator).columns
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputTableError(f"{path}: cannot read the metadata table: {exc}") from exc
-    return resolve_columns(columns, column_map, str(path))
-
-
-def parse_coordinate(text: str | None) -> float | None:
-    """A float from table text, or ``None`` for empty/NaN/non-numeric text."""
-    if text is None:
-        return None
-    try:
-        value = float(text.strip())
-    except ValueError:
-        return None
-    return value if np.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,37 +262,6 @@ def inspect_image(
         exif_lat=gps[0] if gps else None,
         exif_lon=gps[1] if gps else None,
     )
-
-
-def to_rgb8(image: Any) -> Any:
-    """An 8-bit RGB copy of a Pillow image; 16-bit greyscale is rescaled, not clipped."""
-    from PIL import Image
-
-    if image.mode in HIGH_BIT_DEPTH_MODES:
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = np.nanpercentile(pixels, [0.5, 99.5]) if pixels.size else (0.0, 1.0)
-        scale = 255.0 / (high - low) if high > low else 1.0
-        grey = np.clip((pixels - low) * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    return image.convert("RGB")
-
-
-# ---------------------------------------------------------------------------------------------
-# Splits
-
-
-def assign_split(image_ids: Iterable[str], test_fraction: float, salt: str) -> list[str]:
-    """``train``/``test`` per id from a salted hash of the id alone.
-
-    An image's split never changes when others are added or removed, and the same ids with the
-    same salt give the same split on every machine.
-    """
-    threshold = int(test_fraction * 2**64)
-    splits = []
-    for image_id in image_ids:
-        value = int.from_bytes(hashlib.sha256(f"{salt}\0{image_id}".encode()).digest()[:8], "big")
-        splits.append("test" if value < threshold else "train")
-    return splits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,8 +497,6 @@ def ingest(
         splits = ["test" if split_mode == "all_test" else "train"] * manifest.height
     manifest = manifest.with_columns(pl.Series("split", splits, dtype=pl.String))
 
-    from geolocsft.geocode import reverse_geocode
-
     places = reverse_geocode(manifest["lat"], manifest["lon"], settings.reverse_geocode_max_km)
     manifest = pl.concat([manifest, places], how="horizontal")
 
@@ -729,10 +568,8 @@ def write_outputs(
     result: IngestResult, manifest_path: Path, rejected_path: Path, summary_path: Path
 ) -> None:
     """Write the manifest (Parquet), the rejection report (CSV) and the summary (JSON)."""
-    import json
-
     for path in (manifest_path, rejected_path, summary_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     result.manifest.write_parquet(manifest_path, statistics=True)
     result.rejected.write_csv(rejected_path)
-    summary_path.write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(summary_path, result.summary)

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from geolocsft.evaluate import HIT_TOLERANCE_KM
-from geolocsft.geo import FloatArray, valid_coordinates
+from geolocsft.geo import HIT_TOLERANCE_KM, FloatArray, valid_coordinates
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -6,53 +6,28 @@ paths and settings.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from geolocsft.audit import job_record
+from geolocsft.codegraph import PACKAGE, script_code_version
 from geolocsft.errors import GeolocsftError
-
-PACKAGE = "geolocsft"
-
-
-def _module_source(name: str, src_dir: Path | None) -> Path:
-    if src_dir is not None:
-        base = src_dir / PACKAGE / Path(*name.split("."))
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-        raise GeolocsftError(f"{PACKAGE}.{name} is not a module of the package in {src_dir}")
-    spec = importlib.util.find_spec(f"{PACKAGE}.{name}")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"{PACKAGE}.{name} is not a module of the package")
-    return Path(spec.origin)
+from geolocsft.io import atomic_write_json
 
 
-def code_version_from_files(modules: Sequence[str], src_dir: Path | None = None) -> str:
-    """``"<module>,<module>:<hash>"``: the modules and a short hash of their source.
-
-    ``src_dir`` is a checkout's ``src/`` folder; ``None`` uses the importable package.
-    """
-    names = sorted(set(modules))
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode() + b"\0" + _module_source(name, src_dir).read_bytes() + b"\0")
-    return f"{','.join(names)}:{digest.hexdigest()[:16]}"
-
-
-def code_version(*modules: str) -> str:
-    """The version of the named ``geolocsft`` modules' code, as ``"modules:hash"``.
+def script_code(script: Path, src_dir: Path) -> str:
+    """The code version of every package module a rule's script runs (a rule's ``code`` param).
 
     Snakemake does not track code that a script imports; rules pass this as a ``param`` so that
-    a change to the package code they use makes them rerun (params are a default rerun trigger).
-    The module names in it let ``geolocsft audit`` recompute it later.
+    a change to any package module their script uses, directly or not, makes them rerun
+    (params are a default rerun trigger). The module names in it let ``geolocsft audit``
+    recompute it later. See :mod:`geolocsft.codegraph`.
     """
-    return code_version_from_files(modules)
+    return script_code_version(script, src_dir)
 
 
 def use_checkout_package(src_dir: Path) -> None:
@@ -85,9 +60,6 @@ def configure_logging(log_path: str | Path | None, level: int = logging.INFO) ->
 
 def write_provenance(smk: Any) -> None:
     """The job's provenance record, at its declared output ``provenance`` (see geolocsft.audit)."""
-    from geolocsft.audit import job_record
-    from geolocsft.captions.store import atomic_write_json
-
     record_path = Path(smk.output.provenance)
     outputs = [str(p) for p in smk.output if str(p) != str(record_path)]
     params = {name: value for name, value in smk.params.items()}

@@ -27,7 +27,7 @@ from geolocsft.captions.runner import caption_images, caption_items
 from geolocsft.captions.stage import build_backend, runner_settings
 from geolocsft.captions.store import ResponseStore
 from geolocsft.errors import GeolocsftError
-from geolocsft.sft.predict import PREDICTION_SCHEMA
+from geolocsft.predictions import PREDICTION_SCHEMA
 
 log = logging.getLogger(__name__)
 

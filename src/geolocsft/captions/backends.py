@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from geolocsft.captions.schema import (
     Answer,
@@ -118,10 +118,12 @@ def _parse_duration(text: Any) -> float | None:
 class GenerationParams:
     """Generation parameters; part of every caption's identity."""
 
-    temperature: float = 0.2
-    max_output_tokens: int = 4096
-    seed: int | None = 0
-    max_image_side: int = 1024
+    CONFIG_SECTION: ClassVar[str] = "captions"
+
+    temperature: float
+    max_output_tokens: int
+    seed: int | None
+    max_image_side: int
 
     def as_dict(self) -> dict[str, Any]:
         return {

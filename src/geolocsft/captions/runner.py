@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import io
 import json
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import ValidationError
@@ -43,9 +42,11 @@ from geolocsft.captions.backends import (
 )
 from geolocsft.captions.prompts import PromptTemplate
 from geolocsft.captions.schema import CAPTION_SCHEMA_VERSION, GeoCaption, ModelGeoCaption
-from geolocsft.captions.store import ResponseStore, atomic_write_json, response_key
+from geolocsft.captions.store import ResponseStore, response_key
 from geolocsft.errors import GeolocsftError
 from geolocsft.geo import haversine_km
+from geolocsft.images import JPEG_MIME_TYPE, ImagePreparation, prepared_jpeg
+from geolocsft.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +79,26 @@ class CaptionItem:
 class RunnerSettings:
     """Concurrency, limits and checks of a captioning run (``captions`` in config)."""
 
-    concurrency: int = 8
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    estimated_prompt_tokens: int = 1500
-    max_attempts: int = 5
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    flag_distance_km: float = 25.0
-    max_new_requests: int | None = 1000
-    max_image_side: int = 1024
-    max_output_tokens: int = 4096
-    price_usd_per_million_input_tokens: float | None = None
-    price_usd_per_million_output_tokens: float | None = None
+    CONFIG_SECTION: ClassVar[str] = "captions"
+
+    concurrency: int
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    estimated_prompt_tokens: int
+    max_attempts: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    flag_distance_km: float
+    max_new_requests: int | None
+    max_image_side: int
+    max_output_tokens: int
+    price_usd_per_million_input_tokens: float | None
+    price_usd_per_million_output_tokens: float | None
     #: The rate caps' rolling window: a minute for the APIs' RPM/TPM (shorter only in tests).
-    rate_window_s: float = 60.0
+    rate_window_s: float
     #: Gemini Batch API: seconds between polls, and how long one run waits for a job.
-    batch_poll_s: float = 30.0
-    batch_timeout_s: float = 86_400.0
+    batch_poll_s: float = field(metadata={"key": "gemini.batch_poll_s"})
+    batch_timeout_s: float = field(metadata={"key": "gemini.batch_timeout_s"})
 
 
 class ContentError(Exception):
@@ -183,16 +186,8 @@ class RateLimiter:
 
 def mime_type_and_bytes(path: Path, max_side: int) -> tuple[str, bytes]:
     """The image as the API gets it: 8-bit RGB JPEG, longest side at most ``max_side``."""
-    from PIL import Image, ImageOps
-
-    from geolocsft.ingest import to_rgb8
-
-    with Image.open(path) as opened:
-        image = to_rgb8(ImageOps.exif_transpose(opened))
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return "image/jpeg", buffer.getvalue()
+    preparation = ImagePreparation(max_side=max_side, max_pixels=None, jpeg_quality=90)
+    return JPEG_MIME_TYPE, prepared_jpeg(path, preparation)
 
 
 def caption_document(

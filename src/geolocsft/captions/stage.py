@@ -22,6 +22,7 @@ from geolocsft.captions.prompts import PromptTemplate
 from geolocsft.captions.runner import RunnerSettings, caption_images, items_from_manifest
 from geolocsft.captions.store import ResponseStore
 from geolocsft.errors import GeolocsftError
+from geolocsft.settings import from_config, with_defaults
 
 
 def captioner_name(config: dict[str, Any]) -> str:
@@ -38,23 +39,16 @@ def gemini_key_variable() -> str:
 
 
 def generation_params(config: dict[str, Any]) -> GenerationParams:
-    return GenerationParams(
-        temperature=config["temperature"],
-        max_output_tokens=config["max_output_tokens"],
-        seed=config["seed"],
-        max_image_side=config["max_image_side"],
-    )
+    return from_config(GenerationParams, config, "captions")
 
 
 def runner_settings(config: dict[str, Any]) -> RunnerSettings:
-    names = RunnerSettings.__dataclass_fields__
-    gemini = config.get("gemini", {})
-    batch = {k: gemini[k] for k in ("batch_poll_s", "batch_timeout_s") if k in gemini}
-    return RunnerSettings(**{k: v for k, v in config.items() if k in names}, **batch)
+    return from_config(RunnerSettings, config, "captions")
 
 
 def build_backend(config: dict[str, Any]) -> Backend:
     """The backend named by ``captions.backend``; keys are read from the environment here."""
+    config = with_defaults("captions", config)
     params = generation_params(config)
     backend = config["backend"]
     if backend == "metadata":

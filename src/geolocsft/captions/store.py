@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces) used for hashing."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+from geolocsft.io import atomic_write_json, canonical_json
 
 
 def response_key(
@@ -49,22 +44,6 @@ def response_key(
         "schema_version": schema_version,
     }
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, indent=2, ensure_ascii=False, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResponseStore:

@@ -1,1 +1,1 @@
-"""Hugging Face Hub: resumable downloads on the submit host, unpacking, and a loopback stand-in."""
+"""Hugging Face Hub: resumable downloads on the submit host and unpacking."""

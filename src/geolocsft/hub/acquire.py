@@ -52,17 +52,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 from tqdm import tqdm
 
-from geolocsft.captions.store import atomic_write_json
 from geolocsft.errors import GeolocsftError, InputTableError
-from geolocsft.ingest import (
+from geolocsft.images import IMAGE_SUFFIXES
+from geolocsft.io import atomic_write_json, file_sha256
+from geolocsft.settings import from_config
+from geolocsft.tables import (
     ID_COLUMN_CANDIDATES,
-    IMAGE_SUFFIXES,
     LAT_COLUMN_CANDIDATES,
     LON_COLUMN_CANDIDATES,
     ColumnMap,
@@ -74,7 +75,6 @@ from geolocsft.ingest import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path("cache/hub")
 RepoType = Literal["dataset", "model"]
 UnpackFormat = Literal["archives", "parquet"]
 BadInputPolicy = Literal["quarantine", "fail"]
@@ -107,14 +107,6 @@ def repo_slug(repo_id: str) -> str:
 def repo_cache_dir(cache_dir: Path, repo_type: str, repo_id: str) -> Path:
     """The cache folder of one repo: ``<cache_dir>/<repo_type>s/<slug>``."""
     return Path(cache_dir) / f"{repo_type}s" / repo_slug(repo_id)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:
@@ -196,9 +188,11 @@ class RetryPolicy:
     """Attempts per request (transient network errors, 408/429/5xx) and the backoff between
     them (doubling, at most ``max_backoff_s``). An attempt that received bytes resets the count."""
 
-    max_attempts: int = 5
-    backoff_s: float = 2.0
-    max_backoff_s: float = 60.0
+    CONFIG_SECTION: ClassVar[str] = "acquire"
+
+    max_attempts: int
+    backoff_s: float
+    max_backoff_s: float
 
     def wait(self, attempt: int) -> None:
         time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
@@ -428,10 +422,10 @@ def _verify(partial: Path, remote: RemoteFile) -> str:
 
 def fetch_repo(
     repo_id: str,
-    repo_type: str = "dataset",
-    revision: str | None = None,
-    allow_patterns: Sequence[str] | str | None = None,
-    cache_dir: Path = DEFAULT_CACHE,
+    repo_type: str,
+    revision: str | None,
+    allow_patterns: Sequence[str] | str | None,
+    cache_dir: Path,
     *,
     ignore_patterns: Sequence[str] | str | None = None,
     endpoint: str | None = None,
@@ -456,7 +450,7 @@ def fetch_repo(
             f"{repo_id}: repo_type must be 'dataset' or 'model', not {repo_type!r}"
         )
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    retry = retry or RetryPolicy()
+    retry = retry or from_config(RetryPolicy, {})
     requested = revision or "main"
     allow = [allow_patterns] if isinstance(allow_patterns, str) else allow_patterns
     ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else ignore_patterns
@@ -608,34 +602,33 @@ class AcquireColumns(ColumnMap):
 class UnpackSettings:
     """How a fetched repo becomes an image folder and a metadata table (see config/README.md)."""
 
-    format: UnpackFormat = "archives"
+    CONFIG_SECTION: ClassVar[str] = "acquire.datasets.*"
+
+    format: UnpackFormat
     #: repo paths (fnmatch patterns, case-insensitive) of the Parquet shards, or of the image
     #: archives and image files; None = by format
-    images: tuple[str, ...] | None = None
+    images: tuple[str, ...] | None
     #: patterns of the metadata tables (repo files, or members of the archives); None = every
     #: CSV/TSV/Parquet file that is not an image source (archives format only)
-    metadata: tuple[str, ...] | None = None
-    columns: AcquireColumns = field(default_factory=AcquireColumns)
-    on_bad_input: BadInputPolicy = "quarantine"
+    metadata: tuple[str, ...] | None
+    columns: AcquireColumns
+    #: ``ingest.on_bad_input``
+    on_bad_input: BadInputPolicy = field(metadata={"key": None})
+
+    def __post_init__(self) -> None:
+        # Config blocks give lists (or one pattern) and a columns mapping.
+        for name in ("images", "metadata"):
+            value = getattr(self, name)
+            if value is not None:
+                patterns = (value,) if isinstance(value, str) else tuple(value)
+                object.__setattr__(self, name, patterns)
+        if isinstance(self.columns, Mapping):
+            object.__setattr__(self, "columns", AcquireColumns(**self.columns))
 
     @classmethod
-    def from_config(
-        cls, block: Mapping[str, Any], on_bad_input: BadInputPolicy = "quarantine"
-    ) -> UnpackSettings:
+    def from_config(cls, block: Mapping[str, Any], on_bad_input: BadInputPolicy) -> UnpackSettings:
         """From an ``acquire.datasets.<name>`` config block."""
-
-        def patterns(value: Any) -> tuple[str, ...] | None:
-            if value is None:
-                return None
-            return (value,) if isinstance(value, str) else tuple(value)
-
-        return cls(
-            format=block.get("format", "archives"),
-            images=patterns(block.get("images")),
-            metadata=patterns(block.get("metadata")),
-            columns=AcquireColumns(**(block.get("columns") or {})),
-            on_bad_input=on_bad_input,
-        )
+        return from_config(cls, block, "acquire.datasets", on_bad_input=on_bad_input)
 
 
 @dataclass(frozen=True)

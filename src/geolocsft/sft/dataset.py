@@ -17,21 +17,23 @@ bytes, so a dataset can be audited and re-made from the response store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
 from tqdm import tqdm
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.images import ImagePreparation, prepared_jpeg
+from geolocsft.io import atomic_write_bytes, atomic_write_json
+from geolocsft.splits import in_fraction
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,16 @@ IMAGE_TOKEN = "<image>"
 class DatasetSettings:
     """One entry of ``sft.datasets`` in config."""
 
-    name: str
-    target: Target = "full"
-    include_flagged: bool = False
-    validation_fraction: float = 0.0
-    image_max_side: int = 768
-    image_max_pixels: int = 768 * 768
-    jpeg_quality: int = 90
-    split_salt: str = "geolocsft-sft-v1"
+    CONFIG_SECTION: ClassVar[str] = "sft.datasets.*"
+
+    name: str = field(metadata={"key": None})
+    target: Target
+    include_flagged: bool
+    validation_fraction: float
+    image_max_side: int
+    image_max_pixels: int
+    jpeg_quality: int
+    split_salt: str
 
 
 def assistant_text(caption_document: dict[str, Any], target: Target) -> str:
@@ -75,29 +79,18 @@ def media_name(image_id: str) -> str:
     return f"{image_id}.jpg"
 
 
+def image_preparation(settings: DatasetSettings) -> ImagePreparation:
+    """How the dataset's photos are prepared: also what prediction applies (same pixels)."""
+    return ImagePreparation(
+        max_side=settings.image_max_side,
+        max_pixels=settings.image_max_pixels,
+        jpeg_quality=settings.jpeg_quality,
+    )
+
+
 def write_media_image(source: Path, destination: Path, settings: DatasetSettings) -> None:
     """The image as the model will see it: upright 8-bit RGB JPEG within the size limits."""
-    from PIL import Image, ImageOps
-
-    from geolocsft.ingest import to_rgb8
-
-    with Image.open(source) as opened:
-        image = to_rgb8(ImageOps.exif_transpose(opened))
-    image.thumbnail((settings.image_max_side, settings.image_max_side), Image.Resampling.LANCZOS)
-    pixels = image.width * image.height
-    if pixels > settings.image_max_pixels:
-        scale = (settings.image_max_pixels / pixels) ** 0.5
-        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_suffix(".tmp")
-    image.save(tmp, format="JPEG", quality=settings.jpeg_quality, optimize=True)
-    tmp.replace(destination)
-
-
-def is_validation(image_id: str, fraction: float, salt: str) -> bool:
-    digest = hashlib.sha256(f"{salt}\0{image_id}".encode()).digest()[:8]
-    return int.from_bytes(digest, "big") < int(fraction * 2**64)
+    atomic_write_bytes(destination, prepared_jpeg(source, image_preparation(settings)), fsync=False)
 
 
 def dataset_info(name: str, with_validation: bool) -> dict[str, Any]:
@@ -161,7 +154,7 @@ def build_dataset(
             ],
             "images": [f"media/{media_name(image_id)}"],
         }
-        held_out = is_validation(image_id, settings.validation_fraction, settings.split_salt)
+        held_out = in_fraction(image_id, settings.validation_fraction, settings.split_salt)
         samples.append((image_id, sample, held_out))
     if not samples:
         raise GeolocsftError(
@@ -186,10 +179,10 @@ def build_dataset(
     validation = [s for _, s, v in samples if v]
     if not train:
         raise GeolocsftError(f"sft dataset {settings.name}: every sample fell into validation")
-    write_json(out_dir / f"{settings.name}.json", train)
+    _write_json(out_dir / f"{settings.name}.json", train)
     if settings.validation_fraction > 0:
-        write_json(out_dir / f"{settings.name}_val.json", validation)
-    write_json(
+        _write_json(out_dir / f"{settings.name}_val.json", validation)
+    _write_json(
         out_dir / "dataset_info.json", dataset_info(settings.name, settings.validation_fraction > 0)
     )
     lengths = np.array([len(s["conversations"][1]["content"]) for _, s, _ in samples])
@@ -208,11 +201,10 @@ def build_dataset(
             "max": int(lengths.max()),
         },
     }
-    write_json(out_dir / "stats.json", stats)
+    _write_json(out_dir / "stats.json", stats)
     log.info("sft dataset %s: %s", settings.name, json.dumps(stats, sort_keys=True))
     return stats
 
 
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=1, sort_keys=False) + "\n")
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write_json(path, value, indent=1, sort_keys=False, fsync=False)

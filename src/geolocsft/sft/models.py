@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from geolocsft.hub.acquire import RetryPolicy
+from geolocsft.hub.acquire import RetryPolicy, fetch_repo, link_files
+from geolocsft.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HUB_CACHE = Path("cache/hub")
 
 
 def hub_model_slug(repo_id: str, revision: str | None) -> str:
@@ -26,7 +23,7 @@ def download_model(
     repo_id: str,
     revision: str | None,
     out_dir: Path,
-    cache_dir: Path = DEFAULT_HUB_CACHE,
+    cache_dir: Path,
     *,
     endpoint: str | None = None,
     retry: RetryPolicy | None = None,
@@ -40,8 +37,6 @@ def download_model(
     are honoured. ``out_dir/geolocsft_source.json`` records the repo, the requested revision,
     the commit and every file with its sha256.
     """
-    from geolocsft.hub.acquire import fetch_repo, link_files
-
     fetched = fetch_repo(
         repo_id, "model", revision, None, cache_dir, endpoint=endpoint, retry=retry
     )
@@ -55,7 +50,7 @@ def download_model(
         "huggingface_hub": record["huggingface_hub"],
         "files": record["files"],
     }
-    (out_dir / "geolocsft_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    atomic_write_json(out_dir / "geolocsft_source.json", provenance, sort_keys=False)
     count = len(fetched.files)
     log.info("downloaded %s at %s (%d files) into %s", repo_id, fetched.commit, count, out_dir)
     return provenance

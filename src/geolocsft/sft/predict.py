@@ -12,10 +12,11 @@ Backends (``sft.runs.<run>.predict.backend``):
     torch).
 
 Both backends build the prompt the same way: the model's processor's chat template over one user
-turn (the image, then the instruction), with the image resized as LLaMA-Factory resized it in
-training (:func:`fit_image`). Each answer is parsed by :func:`geolocsft.answers.parse_answer`; a
-row keeps the raw answer and the parse status, and an unparseable answer is a row with empty
-coordinates (the evaluator counts it as a miss), never a dropped row. With ``samples > 1`` the
+turn (the image, then the instruction), with the photo prepared exactly as for training
+(:func:`geolocsft.images.model_input_image`). Each answer is parsed by
+:func:`geolocsft.answers.parse_answer`; a row keeps the raw answer and the parse status, and an
+unparseable answer is a row with empty coordinates (the evaluator counts it as a miss), never a
+dropped row. With ``samples > 1`` the
 model answers k times (sampling) and the prediction is the geodesic medoid of the parseable
 answers.
 """
@@ -24,13 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import polars as pl
@@ -39,74 +39,89 @@ from tqdm import tqdm
 from geolocsft.answers import parse_answer
 from geolocsft.errors import GeolocsftError
 from geolocsft.geo import geodesic_medoid_index
+from geolocsft.images import ImagePreparation, model_input_image
+from geolocsft.predictions import PREDICTION_SCHEMA
+from geolocsft.settings import from_config, with_defaults
 
 log = logging.getLogger(__name__)
 
-PREDICTION_SCHEMA = {
-    "image_id": pl.String,
-    "pred_lat": pl.Float64,
-    "pred_lon": pl.Float64,
-    "true_lat": pl.Float64,
-    "true_lon": pl.Float64,
-    "raw_answer": pl.String,
-    "parse_status": pl.String,
-    "answers_parsed": pl.Int64,
-}
-
-BACKENDS = ("transformers", "vllm")
 #: Ranks vLLM accepts for ``max_lora_rank``; an adapter's rank is rounded up to one of them.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-#: LLaMA-Factory's default ``image_min_pixels``.
-IMAGE_MIN_PIXELS = 32 * 32
 
 
 @dataclass(frozen=True)
 class PredictSettings:
     """How a run answers (``sft.runs.<run>.predict`` in config)."""
 
-    instruction: str
-    image_max_pixels: int = 589_824
-    max_new_tokens: int = 1024
-    samples: int = 1
-    temperature: float = 0.7
-    seed: int = 0
+    CONFIG_SECTION: ClassVar[str] = "sft.runs.*.predict"
+
+    #: The instruction text of the run's dataset.
+    instruction: str = field(metadata={"key": None})
+    #: The run's dataset's image preparation: the model gets the pixels training gave it.
+    preparation: ImagePreparation = field(metadata={"key": None})
+    #: The run's ``image_max_pixels`` (LLaMA-Factory's resize in training).
+    image_max_pixels: int = field(metadata={"key": None})
+    #: The run's training seed.
+    seed: int = field(metadata={"key": None})
+    max_new_tokens: int
+    samples: int
+    temperature: float
 
 
 @dataclass(frozen=True)
 class VLLMSettings:
-    """Engine options of the vllm backend (``sft.runs.<run>.predict.vllm`` in config)."""
+    """Engine options of the vllm backend (``sft.runs.<run>.predict.vllm`` in config); a null
+    ``tensor_parallel_size`` or ``max_model_len`` is resolved from the run by
+    :func:`vllm_settings`."""
 
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int = 4096
-    batch_size: int = 64
+    CONFIG_SECTION: ClassVar[str] = "sft.runs.*.predict.vllm"
+
+    tensor_parallel_size: int | None
+    gpu_memory_utilization: float
+    max_model_len: int | None
+    batch_size: int
     #: Further keyword arguments of ``vllm.LLM`` (``enforce_eager``, ``dtype``, ...), verbatim.
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any]
 
 
-def fit_image(image: Any, max_pixels: int, min_pixels: int = IMAGE_MIN_PIXELS) -> Any:
-    """Resize as LLaMA-Factory does before its processor, so inference sees training's grid."""
-    pixels = image.width * image.height
-    if pixels > max_pixels:
-        scale = math.sqrt(max_pixels / pixels)
-        image = image.resize((int(image.width * scale), int(image.height * scale)))
-    pixels = image.width * image.height
-    if pixels < min_pixels:
-        scale = math.sqrt(min_pixels / pixels)
-        image = image.resize((int(image.width * scale), int(image.height * scale)))
-    if min(image.width, image.height) < 28:
-        image = image.resize((max(image.width, 28), max(image.height, 28)))
-    return image.convert("RGB")
+def predict_settings(
+    run: Mapping[str, Any], dataset: Mapping[str, Any], instruction: str, name: str = "run"
+) -> PredictSettings:
+    """How the run ``run`` (an ``sft.runs`` block) trained on ``dataset`` (its ``sft.datasets``
+    block) answers."""
+    run = with_defaults("sft.runs.*", run, f"sft.runs.{name}")
+    dataset = with_defaults("sft.datasets.*", dataset, f"sft.datasets.{run['dataset']}")
+    preparation = ImagePreparation(
+        max_side=dataset["image_max_side"],
+        max_pixels=dataset["image_max_pixels"],
+        jpeg_quality=dataset["jpeg_quality"],
+    )
+    return from_config(
+        PredictSettings,
+        run["predict"],
+        f"sft.runs.{name}.predict",
+        instruction=instruction,
+        preparation=preparation,
+        image_max_pixels=run["image_max_pixels"],
+        seed=run["seed"],
+    )
 
 
-def load_image(path: Path, max_pixels: int, min_pixels: int = IMAGE_MIN_PIXELS) -> Any:
-    """An image file as the model sees it: upright, 8-bit RGB, fitted by :func:`fit_image`."""
-    from PIL import Image, ImageOps
+def vllm_settings(run: Mapping[str, Any], name: str = "run") -> VLLMSettings:
+    """The vllm engine options of a run, null ones taken from the run: ``tensor_parallel_size``
+    = its ``gpus``, ``max_model_len`` = ``cutoff_len + max_new_tokens``."""
+    run = with_defaults("sft.runs.*", run, f"sft.runs.{name}")
+    engine = from_config(VLLMSettings, run["predict"]["vllm"], f"sft.runs.{name}.predict.vllm")
+    return replace(
+        engine,
+        tensor_parallel_size=engine.tensor_parallel_size or run["gpus"],
+        max_model_len=engine.max_model_len or run["cutoff_len"] + run["predict"]["max_new_tokens"],
+    )
 
-    from geolocsft.ingest import to_rgb8
 
-    with Image.open(path) as opened:
-        return fit_image(to_rgb8(ImageOps.exif_transpose(opened)), max_pixels, min_pixels)
+def model_image(path: Path, settings: PredictSettings) -> Any:
+    """The photo at ``path`` as the run's model saw its training photos."""
+    return model_input_image(path, settings.preparation, settings.image_max_pixels)
 
 
 def user_turn(instruction: str) -> list[dict[str, Any]]:
@@ -254,7 +269,7 @@ class TransformersPredictor:
         self.prompt = chat_prompt(self.processor, settings.instruction)
 
     def answers(self, image_path: Path) -> list[str]:
-        image = load_image(image_path, self.settings.image_max_pixels)
+        image = model_image(image_path, self.settings)
         inputs = self.processor(text=[self.prompt], images=[image], return_tensors="pt").to(
             self.device
         )
@@ -294,14 +309,13 @@ class VLLMPredictor:
         base_model: Path,
         adapter: Path | None,
         settings: PredictSettings,
-        engine: VLLMSettings | None = None,
+        engine: VLLMSettings,
         run_name: str = "?",
     ) -> None:
         require_gpu("vllm", run_name)
         vllm = import_vllm(run_name)
         from transformers import AutoProcessor
 
-        engine = engine or VLLMSettings()
         self.settings = settings
         self.batch_size = engine.batch_size
         self.processor = AutoProcessor.from_pretrained(base_model)
@@ -342,7 +356,7 @@ class VLLMPredictor:
         return [
             {
                 "prompt": self.prompt,
-                "multi_modal_data": {"image": load_image(path, self.settings.image_max_pixels)},
+                "multi_modal_data": {"image": model_image(path, self.settings)},
             }
             for path in image_paths
         ]

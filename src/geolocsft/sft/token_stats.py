@@ -3,7 +3,7 @@
 Each sample of a LLaMA-Factory ShareGPT dataset (see :mod:`geolocsft.sft.dataset`) is rendered
 with the model's own processor: its chat template over the conversation (the ``<image>``
 placeholder becomes an image part), the image resized as LLaMA-Factory resizes it
-(:func:`geolocsft.sft.predict.fit_image` with the run's ``image_max_pixels``), and the image
+(:func:`geolocsft.images.fit_to_model` with the run's ``image_max_pixels``), and the image
 tokens expanded by the processor itself (``processor(text=..., images=...)``). As in
 LLaMA-Factory, the prompt (system, user turn, generation prompt) and the target (the assistant
 turn and its end-of-turn tokens) are tokenized separately.
@@ -26,8 +26,8 @@ import polars as pl
 from tqdm import tqdm
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.images import IMAGE_MIN_PIXELS, load_for_model
 from geolocsft.sft.dataset import IMAGE_TOKEN
-from geolocsft.sft.predict import IMAGE_MIN_PIXELS, load_image
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def sample_lengths(
     for path in paths:
         if not path.is_file():
             raise GeolocsftError(f"{where}: image {path} does not exist")
-        images.append(load_image(path, image_max_pixels, image_min_pixels))
+        images.append(load_for_model(path, image_max_pixels, image_min_pixels))
     prompt_text = processor.apply_chat_template(prompt_messages, add_generation_prompt=True)
     full_text = processor.apply_chat_template([*prompt_messages, answer])
     prompt_ids = processor(text=[prompt_text], images=images or None, add_special_tokens=False)[

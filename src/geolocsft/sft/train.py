@@ -20,55 +20,52 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.settings import KEYS_READ_BY_THE_WORKFLOW, from_config
 
 log = logging.getLogger(__name__)
 
 DEEPSPEED_CONFIGS = {"z2": "ds_z2_config.json", "z3": "ds_z3_config.json"}
 #: Keys of a run's config that the workflow uses, not the training itself.
-WORKFLOW_KEYS = frozenset(
-    {"slurm", "retrain_when_dataset_changes", "evaluate_on", "predict", "revision", "on_truncation"}
-)
+WORKFLOW_KEYS = KEYS_READ_BY_THE_WORKFLOW["sft.runs.*"]
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """One entry of ``sft.runs`` in config (see config/README.md)."""
 
-    name: str
+    CONFIG_SECTION: ClassVar[str] = "sft.runs.*"
+
+    name: str = field(metadata={"key": None})
     dataset: str
-    model: str = "tiny"
-    template: str = "qwen2_vl"
-    finetuning_type: str = "lora"
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target: str = "all"
-    learning_rate: float = 1.0e-4
-    num_train_epochs: float = 3.0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 8
-    cutoff_len: int = 2048
-    image_max_pixels: int = 589_824
-    bf16: bool = True
-    seed: int = 42
-    deepspeed: str | None = None
-    gpus: int = 1
-    nodes: int = 1
-    save_steps: int = 500
-    extra: dict[str, Any] = field(default_factory=dict)
+    model: str
+    template: str
+    finetuning_type: str
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target: str
+    learning_rate: float
+    num_train_epochs: float
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    cutoff_len: int
+    image_max_pixels: int
+    bf16: bool
+    seed: int
+    deepspeed: str | None
+    gpus: int
+    nodes: int
+    save_steps: int
+    extra: dict[str, Any]
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> RunSettings:
-        known = set(cls.__dataclass_fields__) - {"name"}
-        unknown = set(config) - known - WORKFLOW_KEYS
-        if unknown:
-            raise GeolocsftError(f"sft.runs.{name}: unknown keys {sorted(unknown)}")
-        return cls(name=name, **{k: v for k, v in config.items() if k in known})
+        return from_config(cls, config, f"sft.runs.{name}", name=name)
 
 
 def gpu_count() -> int:

@@ -26,7 +26,7 @@ again.
 Also a command, serving every repo under a folder (``<root>/datasets/<owner>/<name>/...`` and
 ``<root>/models/<owner>/<name>/...``)::
 
-    python -m geolocsft.hub.standin --root DIR --port 8766
+    python -m geolocsft.testing.hub_standin --root DIR --port 8766
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from geolocsft.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
+from geolocsft.testing.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
 
 RepoType = Literal["model", "dataset"]
 REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset")

@@ -9,7 +9,7 @@ fences, blocked prompts. Every request is counted per image (by the sha256 of th
 
 Also a command for trying a config without paying::
 
-    python -m geolocsft.standin --port 8765 --latency 0.5
+    python -m geolocsft.testing.standin --port 8765 --latency 0.5
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from geolocsft.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
+from geolocsft.testing.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
 
 FAULTS = ("429", "503", "malformed", "truncated", "fences", "blocked", "no_candidates")
 COORDINATES = re.compile(r"latitude (-?[0-9.]+), longitude (-?[0-9.]+)")
