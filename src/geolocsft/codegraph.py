@@ -152,6 +152,24 @@ def modules_used_by_script(script: Path, src_dir: Path | None = None) -> list[st
     return sorted(seen)
 
 
+def modules_used_by_module(module: str, src_dir: Path | None = None) -> list[str]:
+    """A package module and every package module it imports, transitively."""
+    graph = _cached_graph(src_dir)
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name] - seen)
+    return sorted(seen)
+
+
+def module_code_version(module: str, src_dir: Path | None = None) -> str:
+    """The code version of a package module and everything it imports (for per-item memo
+    versions: the code that shapes an item, not the whole job's)."""
+    return code_version_from_files(modules_used_by_module(module, src_dir), src_dir)
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The import cycles of ``graph`` (each as the list of modules around it)."""
     found: list[list[str]] = []

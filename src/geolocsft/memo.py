@@ -1,0 +1,129 @@
+"""Per-item memo below the stage: per-image work is reused across runs, keyed by content.
+
+Snakemake decides staleness per job, and a rerun job first deletes its outputs, so a stage that
+holds 100,000 images would redo all of them when one is added. The stages therefore keep the
+result of each item's work in a persistent memo outside ``results/`` (``memo.dir`` in config,
+``cache/items`` by default), keyed by everything that shapes that item (the source's content
+hash, the settings and the code of the item's work), and rebuild their declared outputs from it:
+
+* :class:`ItemTable`: small per-item records (an image's facts, its feature vector, a sample's
+  token counts) in Parquet parts under ``<dir>/<kind>/<version>/``. A lookup reads the parts
+  once (columnar, fast) and joins on the key; new records are appended as one new part per run,
+  and parts are compacted when there are many.
+* :class:`BlobStore`: per-item files (a prepared JPEG, a caption JSON) stored once by their
+  sha256 under ``<dir>/blobs/`` and hard-linked into a job's output folder (copied across file
+  systems). A blob is read-only, so editing an output in place cannot change the memo.
+
+A reused item is byte-identical to a rebuilt one: the memo stores exactly the bytes or values the
+work produced. ``version`` strings come from :func:`memo_version` over the settings and the code
+version of the modules that do the item's work (:func:`geolocsft.codegraph.module_code_version`),
+so a change to either starts a fresh memo rather than reusing stale items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from geolocsft.io import atomic_write_bytes, canonical_sha256
+
+log = logging.getLogger(__name__)
+
+#: Parts of an item table beyond which the next write compacts them into one.
+MAX_PARTS = 16
+
+
+def memo_version(*parts: Any) -> str:
+    """A short digest of everything that shapes an item's result (settings, code versions)."""
+    return canonical_sha256(list(parts))[:16]
+
+
+class ItemTable:
+    """Records of one kind of per-item work, keyed by the column ``key``.
+
+    ``<root>/<kind>/<version>/part-*.parquet``; a part is written atomically, so a killed job
+    leaves whole parts only, and what it finished before the kill is reused by the next run.
+    """
+
+    def __init__(self, root: Path, kind: str, version: str, key: str = "key") -> None:
+        self.folder = root / kind / version
+        self.key = key
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
+
+    def load(self, keys: Sequence[str] | pl.Series | None = None) -> pl.DataFrame | None:
+        """The stored records (of ``keys`` only, when given), or None when there are none."""
+        parts = self.parts()
+        if not parts:
+            return None
+        frame = pl.scan_parquet(parts)
+        if keys is not None:
+            wanted = pl.Series(self.key, keys, dtype=pl.String).unique()
+            frame = frame.join(wanted.to_frame().lazy(), on=self.key, how="semi")
+        return frame.unique(self.key, keep="first", maintain_order=True).collect()
+
+    def add(self, records: pl.DataFrame) -> None:
+        """Store new records (one new part; compacted when there are many)."""
+        if records.height == 0:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        part = self.folder / f"part-{uuid.uuid4().hex}.parquet"
+        tmp = part.with_name(f".{part.name}.tmp")
+        records.write_parquet(tmp)
+        tmp.replace(part)
+        parts = self.parts()
+        if len(parts) > MAX_PARTS:
+            self.compact(parts)
+
+    def compact(self, parts: list[Path]) -> None:
+        merged = pl.scan_parquet(parts).unique(self.key, keep="first").collect()
+        target = self.folder / f"part-{uuid.uuid4().hex}.parquet"
+        tmp = target.with_name(f".{target.name}.tmp")
+        merged.write_parquet(tmp)
+        tmp.replace(target)
+        for part in parts:
+            part.unlink(missing_ok=True)
+        log.info("compacted %d parts of %s (%d records)", len(parts), self.folder, merged.height)
+
+
+class BlobStore:
+    """Files stored once by content (sha256) and linked into output folders."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "blobs"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (if new); return its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path(digest)
+        if not path.exists():
+            atomic_write_bytes(path, data, fsync=False)
+            path.chmod(0o444)
+        return digest
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def link(self, sha256: str, destination: Path) -> None:
+        """Put the blob at ``destination`` (a hard link, or a copy across file systems)."""
+        source = self.path(sha256)
+        destination.unlink(missing_ok=True)
+        try:
+            os.link(source, destination)
+        except FileNotFoundError:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, destination)
+        except OSError:
+            shutil.copyfile(source, destination)

@@ -1,0 +1,53 @@
+"""The per-item memo and the sharded layout of per-item folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from geolocsft.layout import item_path, item_relpath, shard_of
+from geolocsft.memo import MAX_PARTS, BlobStore, ItemTable, memo_version
+
+
+def test_item_table_returns_what_was_stored_for_the_asked_keys_across_runs(tmp_path: Path):
+    table = ItemTable(tmp_path, "facts", memo_version({"a": 1}, "code:1"))
+    assert table.load() is None
+    table.add(pl.DataFrame({"key": ["x", "y"], "value": [1, 2]}))
+    table.add(pl.DataFrame({"key": ["z"], "value": [3]}))
+    again = ItemTable(tmp_path, "facts", memo_version({"a": 1}, "code:1"))  # a later run
+    found = again.load(["y", "z", "new"])
+    assert found is not None and dict(found.iter_rows()) == {"y": 2, "z": 3}
+    other = ItemTable(tmp_path, "facts", memo_version({"a": 2}, "code:1"))  # other settings
+    assert other.load() is None
+
+
+def test_item_table_compacts_many_parts_without_losing_a_record(tmp_path: Path):
+    table = ItemTable(tmp_path, "facts", "v1")
+    for i in range(MAX_PARTS + 1):
+        table.add(pl.DataFrame({"key": [f"k{i}"], "value": [i]}))
+    assert len(table.parts()) == 1
+    loaded = table.load()
+    assert loaded is not None and sorted(loaded["value"]) == list(range(MAX_PARTS + 1))
+
+
+def test_blobs_are_stored_once_linked_into_outputs_and_read_only(tmp_path: Path):
+    store = BlobStore(tmp_path / "memo")
+    digest = store.put(b"jpeg bytes")
+    assert store.put(b"jpeg bytes") == digest and store.has(digest)
+    out = tmp_path / "results" / "media" / "ab" / "img.jpg"
+    store.link(digest, out)
+    assert out.read_bytes() == b"jpeg bytes"
+    assert out.stat().st_ino == store.path(digest).stat().st_ino
+    assert out.stat().st_mode & 0o777 == 0o444  # a writer other than root is refused
+    store.link(digest, out)  # relinking an existing output is fine
+
+
+def test_per_item_paths_are_sharded_by_a_stable_hash_of_the_id(tmp_path: Path):
+    image_id = "1000269685_e60e9cdfb4_1125_78841376@N00"
+    shard = shard_of(image_id)
+    assert len(shard) == 2 and int(shard, 16) >= 0
+    assert item_path(tmp_path, image_id, ".json") == tmp_path / shard / f"{image_id}.json"
+    assert item_relpath(image_id, ".jpg") == f"{shard}/{image_id}.jpg"
+    shards = {shard_of(f"img{i}") for i in range(2000)}
+    assert len(shards) == 256
