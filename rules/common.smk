@@ -23,9 +23,15 @@ from geolocsft.hub.acquire import ACQUIRED_COLUMNS
 from geolocsft.images import IMAGE_SUFFIXES
 from geolocsft.tables import ColumnMap, check_table_columns
 from geolocsft.sft.train import WORKFLOW_KEYS
+from geolocsft.settings import canonical
 from geolocsft.workflow import script_code
 
 validate(config, "../config/schema/config.schema.yaml")
+# One canonical form (sorted keys, numbers as the schema types them): config blocks are params,
+# and the same configuration in another key order, YAML or --config, must not rerun a job.
+_canonical_config = canonical(None, config)
+config.clear()
+config.update(_canonical_config)
 
 CORPUS = config["corpus"]
 BENCHMARKS = config["benchmarks"]

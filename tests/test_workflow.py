@@ -190,6 +190,28 @@ def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_
     }
 
 
+def _reversed_keys(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _reversed_keys(value[k]) for k in reversed(list(value))}
+    return value
+
+
+def test_the_same_configuration_in_another_key_order_or_via_config_plans_nothing(
+    demo_run, tmp_path
+):
+    workdir = copy_finished_run(demo_run, tmp_path / "wf")
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    reordered = workdir / "config" / "config.yaml"
+    reordered.write_text(yaml.safe_dump(_reversed_keys(config), sort_keys=False))
+    assert planned_jobs(workdir) == {}
+    # The same values on the command line, a number written as an integer (timeout_s is a
+    # `number` in the schema: 120 and 120.0 are one setting).
+    same = "{backend: metadata, timeout_s: 120, concurrency: 8, splits: [train]}"
+    assert planned_jobs(workdir, "--config", f"captions={same}") == {}
+    # A real change is still seen.
+    assert "evaluate" in planned_jobs(workdir, "--config", "evaluate={seed: 1}")
+
+
 def test_a_module_used_only_indirectly_by_a_script_reruns_its_rule(demo_run, tmp_path):
     """scripts/predict_sft.py never imports geolocsft.answers; sft.predict does. The rule's code
     version comes from the static import graph, so a change there reruns the predictions."""

@@ -18,6 +18,12 @@ def shard_of(image_id: str) -> str:
     return hashlib.sha256(image_id.encode()).hexdigest()[:2]
 
 
+def part_of(key: str, parts: int) -> int:
+    """The part (0 .. parts-1) of an item when a per-image stage is split into ``parts`` jobs;
+    it depends on the key alone."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % parts
+
+
 def item_path(folder: Path, image_id: str, suffix: str) -> Path:
     """``<folder>/<shard>/<image_id><suffix>``."""
     return folder / shard_of(image_id) / f"{image_id}{suffix}"

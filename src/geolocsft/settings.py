@@ -121,6 +121,35 @@ def _fill(
     return filled
 
 
+def canonical(section: str | None, value: Any) -> Any:
+    """``value`` (a config block of ``section``; None: the whole config) in one canonical form:
+    mappings with sorted keys, and a whole number where the schema says ``number`` as a float
+    (``120`` and ``120.0``). Rules pass config blocks as params in this form, so the same
+    configuration in another key order, or written in YAML or with ``--config``, is the same
+    param to Snakemake (which compares params by their ``repr``)."""
+    node = _resolve(section_schema(section)) if section else _resolve(schema())
+    return _canonical(node, value)
+
+
+def _canonical(node: dict[str, Any], value: Any) -> Any:
+    if isinstance(value, Mapping):
+        properties = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        result = {}
+        for key in sorted(value, key=str):
+            sub = properties.get(key, extra if isinstance(extra, dict) else {})
+            result[key] = _canonical(_resolve(sub) if sub else {}, value[key])
+        return result
+    if isinstance(value, list | tuple):
+        items = node.get("items")
+        return [_canonical(_resolve(items) if isinstance(items, dict) else {}, v) for v in value]
+    types = node.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "number" in types and "integer" not in types and type(value) is int:
+        return float(value)
+    return value
+
+
 def config_key(field: dataclasses.Field[Any]) -> str | None:
     """The config key (dotted path in its block) a settings field is read from, or None."""
     return field.metadata.get("key", field.name) if field.metadata else field.name
