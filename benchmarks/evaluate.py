@@ -135,6 +135,7 @@ def main() -> None:
             true_lat=floats["true_lat"].to_numpy(),
             true_lon=floats["true_lon"].to_numpy(),
             answered=answered,
+            lon_wrapped=0,
         )
         distances = compute_distances(arrays, settings)
         countries = table["country_code"]

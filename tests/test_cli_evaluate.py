@@ -65,6 +65,8 @@ def test_evaluate_options(tmp_path: Path) -> None:
         out,
         "--thresholds",
         "0.5,1",
+        "--interval",
+        "bootstrap",
         "--bootstrap",
         "0",
         "--distance",
@@ -114,7 +116,7 @@ def test_missing_column_and_missing_file(tmp_path: Path) -> None:
 def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pred = write_predictions(tmp_path / "p.csv", ["a,10,10,10,10", "b,,,20,20"])
     manifest = tmp_path / "m.csv"
-    manifest.write_text("image_id,country_code\na,NG\nb,NG\n")
+    manifest.write_text("image_id,lat,lon,country_code\na,10,10,NG\nb,20,20,NG\n")
     status = main(["-q", "evaluate", str(pred), "--manifest", str(manifest), "--no-plots"])
     assert status == 0
     assert "| Acc@1 km (%) | 50.00 |" in capsys.readouterr().out

@@ -340,7 +340,11 @@ def test_accuracy_keys() -> None:
 
 def test_bootstrap_ci_contains_estimate_narrows_and_repeats() -> None:
     settings = configured(
-        EvaluationSettings, thresholds_km=(100.0,), bootstrap_resamples=2000, seed=5
+        EvaluationSettings,
+        thresholds_km=(100.0,),
+        interval="bootstrap",
+        bootstrap_resamples=2000,
+        seed=5,
     )
     rng = np.random.default_rng(0)
     widths = []
@@ -370,7 +374,7 @@ def test_binomial_shortcut_matches_resampling_rows() -> None:
 
 def test_no_bootstrap_means_no_interval(tmp_path: Path) -> None:
     rows = [("a", "1", "2", "1", "2")]
-    settings = configured(EvaluationSettings, bootstrap_resamples=0)
+    settings = configured(EvaluationSettings, interval="bootstrap", bootstrap_resamples=0)
     evaluate_file(write_csv(tmp_path / "p.csv", HEADER, rows), tmp_path, settings=settings)
     document = strict_loads((tmp_path / "accuracy.json").read_text())
     assert isinstance(document, dict)
@@ -389,40 +393,45 @@ def test_per_country_with_manifest_join(tmp_path: Path) -> None:
         ("fr3", "", "", "45.76", "4.84"),  # unanswered
         ("jp1", "35.68", "139.77", "35.68", "139.77"),  # exact
         ("xx1", "10", "10", "10", "10"),  # in the manifest with a null country
-        ("zz9", "0", "0", "0", "0"),  # not in the manifest
     ]
     pred = write_csv(tmp_path / "p.csv", HEADER, rows)
     manifest = tmp_path / "manifest.parquet"
     pl.DataFrame(
         {
-            "image_id": ["jp1", "fr1", "fr2", "fr3", "xx1", "unused"],
+            "image_id": ["jp1", "fr1", "fr2", "fr3", "xx1", "de1"],
             "country_code": ["JP", "FR", "FR", "FR", None, "DE"],
-            "lat": [0.0] * 6,
+            "lat": [35.68, 48.86, 48.86, 45.76, 10.0, 52.52],
+            "lon": [139.77, 2.35, 2.35, 4.84, 10.0, 13.40],
         }
     ).write_parquet(manifest)
     result = evaluate_file(pred, tmp_path / "out", manifest_path=manifest, make_plots=False)
     table = pl.read_csv(tmp_path / "out" / "per_country.csv")
-    assert table["country_code"].to_list() == ["FR", "unknown", "JP"]
+    # de1 has no prediction: a miss of Germany, counted in n.
+    assert table["country_code"].to_list() == ["FR", "DE", "JP", "unknown"]
     fr = table.row(0, named=True)
     assert (fr["n"], fr["answered"]) == (3, 2)
     assert fr["acc@1km"] == pytest.approx(100 / 3)
     assert fr["acc@750km"] == pytest.approx(200 / 3)
-    assert fr["median_km"] == pytest.approx(result.distance_km[1] / 2)
-    unknown = table.row(1, named=True)
-    assert (unknown["n"], unknown["answered"], unknown["acc@1km"]) == (2, 2, 100.0)
+    assert fr["median_km"] == pytest.approx(result.distance_km[2] / 2)
+    de = table.row(1, named=True)
+    assert (de["n"], de["answered"], de["acc@2500km"]) == (1, 0, 0.0)
     per_image = pl.read_csv(tmp_path / "out" / "per_image.csv", infer_schema=False)
-    assert per_image["country_code"].to_list() == ["FR", "FR", "FR", "JP", None, None]
-    assert per_image["answered"].to_list() == ["true", "true", "false", "true", "true", "true"]
+    # One row per eval image, in the manifest's order.
+    assert per_image["image_id"].to_list() == ["jp1", "fr1", "fr2", "fr3", "xx1", "de1"]
+    assert per_image["country_code"].to_list() == ["JP", "FR", "FR", "FR", None, "DE"]
+    assert per_image["answered"].to_list() == ["true", "true", "true", "false", "true", "false"]
 
 
-def test_country_from_prediction_file_wins_over_manifest(tmp_path: Path) -> None:
+def test_country_of_the_manifest_wins_and_the_file_fills_gaps(tmp_path: Path) -> None:
     header = (*HEADER, "country_code")
-    rows = [("a", "1", "1", "1", "1", "BR"), ("b", "1", "1", "1", "1", "")]
+    rows = [("a", "1", "1", "1", "1", "BR"), ("b", "1", "1", "1", "1", "PE")]
     manifest = tmp_path / "m.parquet"
-    pl.DataFrame({"image_id": ["a", "b"], "country_code": ["AR", "CL"]}).write_parquet(manifest)
+    pl.DataFrame(
+        {"image_id": ["a", "b"], "country_code": ["AR", None], "lat": [1.0, 1.0], "lon": [1.0, 1.0]}
+    ).write_parquet(manifest)
     pred = write_csv(tmp_path / "p.csv", header, rows)
     result = evaluate_file(pred, tmp_path / "o", manifest_path=manifest, make_plots=False)
-    assert sorted(result.per_country["country_code"].to_list()) == ["BR", "CL"]
+    assert sorted(result.per_country["country_code"].to_list()) == ["AR", "PE"]
 
 
 def test_no_countries_gives_header_only_table(tmp_path: Path) -> None:
@@ -435,12 +444,20 @@ def test_no_countries_gives_header_only_table(tmp_path: Path) -> None:
     ]
 
 
-def test_manifest_without_country_column_is_an_error(tmp_path: Path) -> None:
+def test_manifest_without_truth_columns_is_an_error(tmp_path: Path) -> None:
     manifest = tmp_path / "m.parquet"
-    pl.DataFrame({"image_id": ["a"]}).write_parquet(manifest)
+    pl.DataFrame({"image_id": ["a"], "country_code": ["FR"]}).write_parquet(manifest)
     pred = write_csv(tmp_path / "p.csv", HEADER, [("a", "1", "1", "1", "1")])
-    with pytest.raises(InputTableError, match=r"m\.parquet.*'country_code'"):
+    with pytest.raises(InputTableError, match=r"m\.parquet.*'lat', 'lon'"):
         evaluate_file(pred, tmp_path / "o", manifest_path=manifest)
+
+
+def test_manifest_without_country_gives_header_only_per_country(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image_id,lat,lon\na,1,1\n")
+    pred = write_csv(tmp_path / "p.csv", HEADER, [("a", "1", "1", "1", "1")])
+    result = evaluate_file(pred, tmp_path / "o", manifest_path=manifest, make_plots=False)
+    assert result.per_country.height == 0 and result.metrics.accuracy["acc@1km"] == 100.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,8 +564,10 @@ def test_summary_of_several_evaluations(tmp_path: Path) -> None:
     assert written.columns[:5] == ["predictor", "evalset", "n", "answered", "answered_pct"]
     assert "acc@1km_ci_low" in written.columns
     markdown = (tmp_path / "summary.md").read_text()
-    assert "| medoid | holdout | 2 | 2 | 100.00 [100.00, 100.00]" in markdown
-    assert "| knn | holdout | 2 | 1 | 50.00 [" in markdown
+    assert "## holdout" in markdown
+    # Wilson intervals: 2 of 2 hits still has width below 100.
+    assert "| medoid | 2 | 2 | 100.00 [34.24, 100.00]" in markdown
+    assert "| knn | 2 | 1 | 50.00 [9.45, 90.55]" in markdown
 
 
 def test_summary_names_a_broken_file(tmp_path: Path) -> None:

@@ -44,14 +44,19 @@ def add_evaluate_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     default_thresholds = ",".join(f"{r:g}" for r in defaults.thresholds_km)
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "evaluate",
-        help="score a prediction table (Acc@R with bootstrap CIs, per country, plots)",
+        help="score a prediction table (Acc@R with confidence intervals, per country, plots)",
         description=(
-            "Score a prediction table with columns pred_lat, pred_lon, true_lat, true_lon "
-            "(optional image_id, country_code and any other columns). An empty, non-numeric or "
-            "out-of-range prediction is an unanswered row and counts as a miss: Acc@R is the "
-            "percent of ALL rows within R km. A bad ground truth is an error naming the rows. "
-            "Writes accuracy.json, accuracy.csv, accuracy.md, per_image.csv, per_country.csv "
-            "(header only when no country is known) and, unless --no-plots, error_cdf.png and "
+            "Score a prediction table with columns image_id, pred_lat, pred_lon (and true_lat, "
+            "true_lon unless --manifest gives the truth; any other columns are kept). With "
+            "--manifest, the eval set's manifest gives truth and n: its test split (or every "
+            "row when it has no split column) is evaluated, an image without a prediction row "
+            "is a miss, and an image_id that is not in it or comes twice is an error. Without "
+            "it, truth and n come from the file itself, and the outputs say so. An empty, "
+            "non-numeric or out-of-range prediction is an unanswered row and counts as a miss: "
+            "Acc@R is the percent of ALL images within R km; longitudes written in 0..360 are "
+            "converted with a warning. A bad ground truth is an error naming the rows. Writes "
+            "accuracy.json, accuracy.csv, accuracy.md, per_image.csv, per_country.csv (header "
+            "only when no country is known) and, unless --no-plots, error_cdf.png and "
             "world_map.png; prints the accuracy table to stdout."
         ),
     )
@@ -68,9 +73,9 @@ def add_evaluate_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         "--manifest",
         type=Path,
         metavar="MANIFEST",
-        help="manifest (.parquet or .csv with image_id, country_code) giving the country of "
-        "each image_id for the per-country table; a country_code column of PRED wins where set, "
-        "and rows without a country are listed as 'unknown'",
+        help="the eval set's manifest (.parquet or .csv with image_id, lat, lon; optional split "
+        "and country_code): the truth, the images and n of the evaluation, joined by image_id; "
+        "its country_code gives the per-country table",
     )
     parser.add_argument(
         "--thresholds",
@@ -93,11 +98,19 @@ def add_evaluate_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="sphere radius for haversine (default: %(default)s)",
     )
     parser.add_argument(
+        "--interval",
+        choices=("wilson", "bootstrap"),
+        default=defaults.interval,
+        help="confidence interval of each Acc@R: Wilson score, or percentile bootstrap "
+        "(Wilson at 0 or n hits) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--bootstrap",
         type=int,
         default=defaults.bootstrap_resamples,
         metavar="B",
-        help="bootstrap resamples for the Acc@R intervals, 0 for none (default: %(default)s)",
+        help="bootstrap resamples for --interval bootstrap, 0 for no interval "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--confidence",
@@ -128,6 +141,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "thresholds_km": args.thresholds,
             "distance": args.distance,
             "earth_radius_km": args.earth_radius_km,
+            "interval": args.interval,
             "bootstrap_resamples": args.bootstrap,
             "confidence": args.confidence,
             "seed": args.seed,
@@ -143,7 +157,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         make_plots=not args.no_plots,
         label=args.label,
     )
-    sys.stdout.write(metrics_markdown(result.metrics, result.label))
+    sys.stdout.write(metrics_markdown(result.metrics, result.label, result.truth_source))
     log.info("outputs in %s", out_dir)
     return 0
 
