@@ -1,4 +1,6 @@
-# Score every predictor on every eval set, then one comparison table.
+# Score every predictor on every eval set (joined on the eval set's manifest: truth and n come
+# from it), then one comparison table with paired comparisons and published reference rows.
+from geolocsft.evaluation.references import references_file
 
 
 rule evaluate:
@@ -61,7 +63,11 @@ rule evaluate:
     conda:
         "../envs/evaluate.yaml"
     params:
-        settings=config["evaluate"],
+        settings={
+            k: v
+            for k, v in config["evaluate"].items()
+            if k not in ("references", "reference_benchmarks")
+        },
         out_dir=lambda wildcards, output: str(Path(output.json).parent),
         code=code_of_script("evaluate"),
     message:
@@ -70,9 +76,16 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+# The published references table (evaluate.references: the bundled one, a file, or none).
+_references = references_file(config["evaluate"]["references"])
+REFERENCES = [str(_references)] if _references is not None else []
+
+
 rule evaluate_summary:
     input:
-        [f"results/eval/{p}/{e}/accuracy.json" for p, e in EVAL_PAIRS],
+        accuracy=[f"results/eval/{p}/{e}/accuracy.json" for p, e in EVAL_PAIRS],
+        per_image=[f"results/eval/{p}/{e}/per_image.csv" for p, e in EVAL_PAIRS],
+        references=REFERENCES,
     output:
         csv="results/eval/summary.csv",
         md=report(
@@ -81,6 +94,8 @@ rule evaluate_summary:
             caption="../report/summary.rst",
             labels={"table": "all predictors"},
         ),
+        paired="results/eval/paired.csv",
+        published="results/eval/published.csv",
         provenance=provenance("evaluate_summary"),
     log:
         "logs/eval/summary.log",
@@ -88,8 +103,10 @@ rule evaluate_summary:
         "../envs/evaluate.yaml"
     params:
         entries=[{"predictor": p, "evalset": e} for p, e in EVAL_PAIRS],
+        baselines=BASELINES,
+        settings=config["evaluate"],
         code=code_of_script("evaluate_summary"),
     message:
-        "One table of every predictor on every eval set"
+        "One table of every predictor on every eval set, paired comparisons, published rows"
     script:
         "../scripts/evaluate_summary.py"
