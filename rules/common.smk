@@ -310,7 +310,11 @@ def provenance(rule, *wildcards):
 
 def all_provenance():
     """The provenance record of every job in the DAG of `all`, for the audit manifest."""
-    records = [provenance("ingest_corpus"), provenance("geocaption")]
+    records = [
+        provenance("ingest_corpus"),
+        provenance("geocaption"),
+        provenance("leakage"),
+    ]
     records += [provenance("ingest_benchmark", b) for b in BENCHMARKS]
     acquired = {d.get("acquired") for d in [CORPUS, *BENCHMARKS.values()]} - {None}
     records += [provenance("acquire_dataset", a) for a in sorted(acquired)]
@@ -323,6 +327,13 @@ def all_provenance():
     if "knn" in BASELINES:
         used = {"corpus", *(dataset_of(e) for e in EVAL_SETS)}
         records += [provenance("image_features", d) for d in sorted(used)]
+        parts = config["scale_out"]["parts"]
+        if parts > 1:
+            records += [
+                provenance("image_features_part", d, str(p))
+                for d in sorted(used)
+                for p in range(parts)
+            ]
     rule_of = {"medoid": "predict_medoid", "knn": "predict_knn"}
     for predictor, evalset in EVAL_PAIRS:
         if predictor in BASELINES:

@@ -9,6 +9,8 @@ localrules:
 rule sft_dataset:
     input:
         manifest="results/manifest.parquet",
+        # Training images that are eval images (rules/leakage.smk): never in a dataset.
+        excluded="results/leakage/train_excluded.csv",
         captions=f"{CAPTION_DIR}/captions",
         index=f"{CAPTION_DIR}/index.csv",
         instruction=lambda wildcards: (

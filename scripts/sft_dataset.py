@@ -4,6 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
+from geolocsft.leakage import excluded_ids
 from geolocsft.settings import from_config
 from geolocsft.sft.dataset import DatasetSettings, build_dataset
 from geolocsft.workflow import run_script
@@ -19,6 +20,7 @@ def main(smk) -> None:
         instruction=Path(smk.input.instruction).read_text(encoding="utf-8"),
         settings=settings,
         out_dir=Path(smk.output.info).parent,
+        excluded_ids=excluded_ids(Path(smk.input.excluded)),
     )
 
 

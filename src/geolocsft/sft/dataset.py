@@ -122,8 +122,12 @@ def build_dataset(
     instruction: str,
     settings: DatasetSettings,
     out_dir: Path,
+    excluded_ids: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Write the dataset files into ``out_dir``; return the statistics (also in stats.json)."""
+    """Write the dataset files into ``out_dir``; return the statistics (also in stats.json).
+
+    ``excluded_ids``: training images that are eval images (see :mod:`geolocsft.leakage`);
+    they are skipped as ``in_an_eval_set``."""
     skipped: Counter[str] = Counter()
     skipped_examples: dict[str, list[str]] = {}
 
@@ -145,6 +149,9 @@ def build_dataset(
             continue
         if image_id not in paths:
             skip("not_in_manifest", image_id)
+            continue
+        if image_id in excluded_ids:
+            skip("in_an_eval_set", image_id)
             continue
         document = json.loads((captions_dir / f"{image_id}.json").read_text(encoding="utf-8"))
         sample = {
