@@ -1,21 +1,26 @@
 """Snakemake wrapper: the image-feature kNN baseline's predictions for one eval set."""
 
+from pathlib import Path
+
 import polars as pl
 
-from geolocsft.baselines import predict_knn, training_set
+from geolocsft.baselines import KnnSettings, predict_knn, training_set
+from geolocsft.leakage import excluded_ids
+from geolocsft.settings import from_config
 from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    train = training_set(pl.read_parquet(smk.input.corpus))
+    train = training_set(pl.read_parquet(smk.input.corpus), excluded_ids(Path(smk.input.excluded)))
     targets = evaluation_targets(pl.read_parquet(smk.input.targets))
     predictions = predict_knn(
         train,
         pl.read_parquet(smk.input.corpus_features),
         targets,
         pl.read_parquet(smk.input.target_features),
-        neighbors=smk.params.neighbors,
+        from_config(KnnSettings, smk.params.settings),
+        seed=smk.params.seed,
     )
     predictions.write_csv(smk.output.predictions)
 

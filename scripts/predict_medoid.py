@@ -1,14 +1,17 @@
 """Snakemake wrapper: the training-medoid baseline's predictions for one eval set."""
 
+from pathlib import Path
+
 import polars as pl
 
 from geolocsft.baselines import predict_medoid, training_set
+from geolocsft.leakage import excluded_ids
 from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    train = training_set(pl.read_parquet(smk.input.corpus))
+    train = training_set(pl.read_parquet(smk.input.corpus), excluded_ids(Path(smk.input.excluded)))
     targets = evaluation_targets(pl.read_parquet(smk.input.targets))
     predict_medoid(train, targets, seed=smk.params.seed).write_csv(smk.output.predictions)
 

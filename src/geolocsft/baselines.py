@@ -2,95 +2,54 @@
 
 Neither looks at anything a vision-language model would: they show what a fine-tuned model
 must beat. Both write the same prediction table as every other predictor
-(``image_id, pred_lat, pred_lon, true_lat, true_lon, raw_answer``).
+(``image_id, pred_lat, pred_lon, true_lat, true_lon, raw_answer``). Both learn from the corpus'
+train split without the training images that are eval images (:mod:`geolocsft.leakage`).
+The kNN features are :mod:`geolocsft.features`; the neighbour search is
+:mod:`geolocsft.vector_index` (exact up to ``exact_max_train`` training images, an inverted-file
+index above).
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from tqdm import tqdm
 
-from geolocsft.errors import BadImageError, GeolocsftError
-from geolocsft.geo import geodesic_medoid_index
-from geolocsft.images import open_upright_rgb
+from geolocsft.errors import GeolocsftError
+from geolocsft.geo import geodesic_medoid_index, to_unit_vectors
 from geolocsft.predictions import prediction_table
 from geolocsft.splits import training_rows
+from geolocsft.vector_index import nearest_neighbours
 
 #: Above this many training points the medoid is searched in a fixed-seed sample of them.
 MEDOID_SAMPLE = 5000
 
 
 @dataclass(frozen=True)
-class FeatureSettings:
-    """Image features of the kNN baseline (``baselines.knn`` in config)."""
+class KnnSettings:
+    """The neighbour search of the kNN baseline (``baselines.knn`` in config)."""
 
     CONFIG_SECTION: ClassVar[str] = "baselines.knn"
 
-    thumbnail_px: int
-    histogram_bins: int
+    neighbors: int
+    exact_max_train: int
+    probes: int
 
 
-def image_features(path: Path, settings: FeatureSettings) -> npt.NDArray[np.float32]:
-    """A joint RGB colour histogram plus a tiny greyscale thumbnail, each L2-normalised."""
-    from PIL import Image
-
-    try:
-        rgb = open_upright_rgb(path)
-    except BadImageError as exc:
-        raise BadImageError(f"{exc} (kNN features)") from exc
-    rgb.thumbnail((256, 256))
-    pixels = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
-    bins = settings.histogram_bins
-    codes = (pixels.astype(np.int64) * bins // 256) @ np.array([bins * bins, bins, 1])
-    histogram = np.bincount(codes, minlength=bins**3).astype(np.float64)
-    side = settings.thumbnail_px
-    thumb = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
-    thumb = thumb.ravel() - thumb.mean()
-    parts = [v / n if (n := np.linalg.norm(v)) > 0 else v for v in (histogram, thumb)]
-    return np.concatenate(parts).astype(np.float32)
-
-
-def compute_features(manifest: pl.DataFrame, settings: FeatureSettings) -> pl.DataFrame:
-    """Feature vectors of every manifest image: columns ``image_id``, ``features``."""
-    paths = [Path(p) for p in manifest["path"]]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        vectors = list(
-            tqdm(
-                pool.map(lambda p: image_features(p, settings), paths),
-                total=len(paths),
-                desc="image features",
-                unit="img",
-                mininterval=2.0,
-                disable=None,
-            )
-        )
-    width = len(vectors[0]) if vectors else settings.histogram_bins**3 + settings.thumbnail_px**2
-    return pl.DataFrame(
-        {
-            "image_id": manifest["image_id"],
-            "features": pl.Series(
-                np.stack(vectors) if vectors else np.empty((0, width), np.float32),
-                dtype=pl.Array(pl.Float32, width),
-            ),
-        }
-    )
-
-
-def training_set(manifest: pl.DataFrame) -> pl.DataFrame:
-    """The train split of a corpus manifest, or an error when it is empty."""
+def training_set(manifest: pl.DataFrame, excluded: frozenset[str] = frozenset()) -> pl.DataFrame:
+    """The train split of a corpus manifest without the ``excluded`` ids (training images that
+    are eval images), or an error when nothing is left."""
     train = training_rows(manifest)
+    if excluded:
+        train = train.filter(~pl.col("image_id").is_in(list(excluded)))
     if train.height == 0:
         raise GeolocsftError(
-            "the corpus has no training images (check ingest.test_fraction and the rejection "
-            "report): the baselines have nothing to learn from"
+            "the corpus has no training images (check ingest.test_fraction, the rejection "
+            "report and results/leakage/train_excluded.csv): the baselines have nothing to "
+            "learn from"
         )
     return train
 
@@ -110,39 +69,58 @@ def predict_medoid(train: pl.DataFrame, targets: pl.DataFrame, seed: int = 0) ->
     return prediction_table(targets, np.full(n, lat[best]), np.full(n, lon[best]), [answer] * n)
 
 
+def neighbour_medoids(
+    lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64], neighbours: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """For each row of neighbour indices (m, k), the index of their geodesic medoid: the
+    neighbour with the smallest summed great-circle distance to the others (the first on a tie).
+    Vectorised over all rows."""
+    points = to_unit_vectors(lat[neighbours].ravel(), lon[neighbours].ravel()).reshape(
+        *neighbours.shape, 3
+    )
+    cosines = np.clip(np.einsum("mik,mjk->mij", points, points), -1.0, 1.0)
+    totals = np.arccos(cosines).sum(axis=2)
+    best = np.argmin(totals, axis=1)
+    return neighbours[np.arange(neighbours.shape[0]), best]
+
+
+def _matrix(rows: pl.DataFrame, features: pl.DataFrame, what: str) -> npt.NDArray[np.float32]:
+    joined = rows.select("image_id").join(
+        features, on="image_id", how="left", maintain_order="left"
+    )
+    missing = joined.filter(pl.col("features").is_null())["image_id"].to_list()
+    if missing:
+        raise GeolocsftError(f"no {what} features for images {missing[:5]}: rerun image_features")
+    return joined["features"].to_numpy().astype(np.float32, copy=False)
+
+
 def predict_knn(
     train: pl.DataFrame,
     train_features: pl.DataFrame,
     targets: pl.DataFrame,
     target_features: pl.DataFrame,
-    neighbors: int,
+    settings: KnnSettings,
+    seed: int = 0,
 ) -> pl.DataFrame:
     """Each target gets the geodesic medoid of its ``neighbors`` most similar training images."""
-    from sklearn.neighbors import NearestNeighbors
-
-    def matrix(rows: pl.DataFrame, features: pl.DataFrame, what: str) -> npt.NDArray[np.float32]:
-        joined = rows.select("image_id").join(features, on="image_id", how="left")
-        missing = joined.filter(pl.col("features").is_null())["image_id"].to_list()
-        if missing:
-            raise GeolocsftError(f"no {what} features for images {missing[:5]}: rerun features")
-        return joined["features"].to_numpy().astype(np.float32)
-
-    train_x = matrix(train, train_features, "training")
-    target_x = matrix(targets, target_features, "target")
-    k = min(neighbors, train.height)
     if targets.height == 0:
         return prediction_table(targets, [], [], [])
-    index = NearestNeighbors(n_neighbors=k).fit(train_x)
-    distances, neighbours = index.kneighbors(target_x)
+    train_x = _matrix(train, train_features, "training")
+    target_x = _matrix(targets, target_features, "target")
+    distances, neighbours = nearest_neighbours(
+        train_x,
+        target_x,
+        settings.neighbors,
+        exact_max=settings.exact_max_train,
+        probes=settings.probes,
+        seed=seed,
+    )
     train_lat, train_lon = train["lat"].to_numpy(), train["lon"].to_numpy()
-    train_ids = train["image_id"].to_list()
-    pred_lat, pred_lon, raw = [], [], []
-    for row_dist, row_idx in zip(distances, neighbours, strict=True):
-        best = row_idx[geodesic_medoid_index(train_lat[row_idx], train_lon[row_idx])]
-        pred_lat.append(train_lat[best])
-        pred_lon.append(train_lon[best])
-        raw.append(
-            "nearest training images by colour/thumbnail features: "
-            + ", ".join(f"{train_ids[i]} ({d:.3f})" for i, d in zip(row_idx, row_dist, strict=True))
-        )
-    return prediction_table(targets, pred_lat, pred_lon, raw)
+    best = neighbour_medoids(train_lat, train_lon, neighbours)
+    ids = train["image_id"].to_numpy()
+    listed = [
+        ", ".join(f"{i} ({d:.3f})" for i, d in zip(row_ids, row_d, strict=True))
+        for row_ids, row_d in zip(ids[neighbours], distances.tolist(), strict=True)
+    ]
+    raw = [f"nearest training images by colour/thumbnail features: {text}" for text in listed]
+    return prediction_table(targets, train_lat[best], train_lon[best], raw)

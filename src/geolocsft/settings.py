@@ -54,7 +54,6 @@ KEYS_READ_BY_THE_WORKFLOW: dict[str, frozenset[str]] = {
     "acquire.datasets.*": frozenset(
         {"repo_id", "repo_type", "revision", "allow_patterns", "ignore_patterns"}
     ),
-    "baselines.knn": frozenset({"neighbors"}),
 }
 
 

@@ -1,0 +1,164 @@
+"""Image features of the kNN baseline, per item and memoized: a rerun computes only new images.
+
+A feature vector is a joint RGB colour histogram plus a tiny greyscale thumbnail, each
+L2-normalised. It depends only on the image's bytes, the feature settings and this module's
+code, so it is kept in the per-item memo (:class:`geolocsft.memo.ItemTable`) keyed by the
+image's ``sha256``, under a version made of the settings and
+``module_code_version("features")``: adding 100 images to a corpus computes 100 vectors and
+rebuilds the declared features file from the memo, byte-identical to a full recomputation.
+
+With ``scale_out.parts > 1`` the images of a dataset are split into parts by
+:func:`geolocsft.layout.part_of` of their id; each part is its own job (its own SLURM job on a
+cluster), and :func:`gather_features` puts the parts together in manifest order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+from tqdm import tqdm
+
+from geolocsft.codegraph import module_code_version
+from geolocsft.errors import BadImageError, GeolocsftError
+from geolocsft.images import open_upright_rgb
+from geolocsft.layout import part_of
+from geolocsft.memo import ItemTable, memo_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Image features of the kNN baseline (``baselines.knn`` in config)."""
+
+    CONFIG_SECTION: ClassVar[str] = "baselines.knn"
+
+    thumbnail_px: int
+    histogram_bins: int
+
+    @property
+    def width(self) -> int:
+        return self.histogram_bins**3 + self.thumbnail_px**2
+
+
+def image_features(path: Path, settings: FeatureSettings) -> npt.NDArray[np.float32]:
+    """A joint RGB colour histogram plus a tiny greyscale thumbnail, each L2-normalised."""
+    from PIL import Image
+
+    try:
+        rgb = open_upright_rgb(path)
+    except BadImageError as exc:
+        raise BadImageError(f"{exc} (kNN features)") from exc
+    rgb.thumbnail((256, 256))
+    pixels = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+    bins = settings.histogram_bins
+    codes = (pixels.astype(np.int64) * bins // 256) @ np.array([bins * bins, bins, 1])
+    histogram = np.bincount(codes, minlength=bins**3).astype(np.float64)
+    side = settings.thumbnail_px
+    thumb = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
+    thumb = thumb.ravel() - thumb.mean()
+    parts = [v / n if (n := np.linalg.norm(v)) > 0 else v for v in (histogram, thumb)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def feature_memo(memo_dir: Path, settings: FeatureSettings) -> ItemTable:
+    """The memo of feature vectors by image sha256, for these settings and this code."""
+    version = memo_version("knn-features", asdict(settings), module_code_version("features"))
+    return ItemTable(memo_dir, "knn_features", version)
+
+
+def _empty(settings: FeatureSettings, key: str) -> pl.DataFrame:
+    return pl.DataFrame(schema={key: pl.String, "features": pl.Array(pl.Float32, settings.width)})
+
+
+def _compute(paths: Sequence[str], settings: FeatureSettings, workers: int) -> np.ndarray:
+    if not paths:
+        return np.empty((0, settings.width), np.float32)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        vectors = list(
+            tqdm(
+                pool.map(lambda p: image_features(Path(p), settings), paths),
+                total=len(paths),
+                desc="image features",
+                unit="img",
+                mininterval=2.0,
+                disable=None,
+            )
+        )
+    return np.stack(vectors)
+
+
+def compute_features(
+    manifest: pl.DataFrame,
+    settings: FeatureSettings,
+    memo_dir: Path | None = None,
+    workers: int | None = None,
+) -> pl.DataFrame:
+    """Feature vectors of every manifest image: columns ``image_id``, ``features``.
+
+    With ``memo_dir``, vectors of contents already in the memo are reused and only the others
+    are computed (each distinct content once) and stored.
+    """
+    workers = workers or os.cpu_count() or 1
+    contents = manifest.select("sha256", "path").unique("sha256", keep="first", maintain_order=True)
+    memo = feature_memo(memo_dir, settings) if memo_dir is not None else None
+    known = memo.load(contents["sha256"]) if memo is not None else None
+    have = known if known is not None else _empty(settings, "key")
+    todo = contents.join(have.select(pl.col("key").alias("sha256")), on="sha256", how="anti")
+    new = pl.DataFrame(
+        {
+            "key": todo["sha256"],
+            "features": pl.Series(
+                _compute(todo["path"].to_list(), settings, workers),
+                dtype=pl.Array(pl.Float32, settings.width),
+            ),
+        }
+    )
+    if memo is not None:
+        memo.add(new)
+    log.info(
+        "image features: %d computed, %d reused from the memo (%d images)",
+        new.height,
+        have.height,
+        manifest.height,
+    )
+    vectors = pl.concat([have, new]).rename({"key": "sha256"})
+    joined = manifest.select("image_id", "sha256").join(
+        vectors, on="sha256", how="left", maintain_order="left"
+    )
+    return joined.select("image_id", "features")
+
+
+def part_rows(manifest: pl.DataFrame, part: int, parts: int) -> pl.DataFrame:
+    """The manifest rows of one part (``part_of(image_id, parts) == part``)."""
+    if not 0 <= part < parts:
+        raise GeolocsftError(f"part {part} is not one of 0..{parts - 1}")
+    chosen = [part_of(image_id, parts) == part for image_id in manifest["image_id"]]
+    return manifest.filter(pl.Series(chosen, dtype=pl.Boolean))
+
+
+def gather_features(manifest: pl.DataFrame, parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The parts' features in manifest order; an image in no part, or in two, is an error."""
+    every = pl.concat(list(parts)) if parts else pl.DataFrame(schema={"image_id": pl.String})
+    repeated = every.filter(pl.col("image_id").is_duplicated())["image_id"].unique().to_list()
+    if repeated:
+        raise GeolocsftError(f"image(s) {sorted(repeated)[:5]} are in more than one part")
+    joined = manifest.select("image_id").join(
+        every, on="image_id", how="left", maintain_order="left"
+    )
+    missing = joined.filter(pl.col("features").is_null())["image_id"].to_list()
+    if missing:
+        raise GeolocsftError(
+            f"{len(missing)} image(s) have no features in any part, e.g. {missing[:5]}: "
+            "rerun the image_features_part jobs"
+        )
+    return joined
