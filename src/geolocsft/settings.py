@@ -156,9 +156,28 @@ def _canonical(node: dict[str, Any], value: Any) -> Any:
         return [_canonical(_resolve(items) if isinstance(items, dict) else {}, v) for v in value]
     types = node.get("type")
     types = types if isinstance(types, list) else [types]
+    if isinstance(value, str) and "string" not in types:
+        value = _from_text(value, types)
     if "number" in types and "integer" not in types and type(value) is int:
         return float(value)
     return value
+
+
+def _from_text(text: str, types: list[Any]) -> Any:
+    """A scalar given as text where the schema wants another type: ``--config`` passes nested
+    values as text (``--config captions='{concurrency: 32}'`` gives ``"32"``)."""
+    lowered = text.strip().lower()
+    if "null" in types and lowered in ("null", "~", "none", ""):
+        return None
+    if "boolean" in types and lowered in ("true", "false"):
+        return lowered == "true"
+    for kind, parse in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return parse(text)
+            except ValueError:
+                continue
+    return text
 
 
 def config_key(field: dataclasses.Field[Any]) -> str | None:
