@@ -77,7 +77,13 @@ rule evaluate:
 
 
 # The published references table (evaluate.references: the bundled one, a file, or none).
+# Relative to the working directory where it lies inside it, so that a moved or copied run
+# sees the same input (Snakemake reruns a job whose set of input paths changed).
 _references = references_file(config["evaluate"]["references"])
+if _references is not None and _references.resolve().is_relative_to(
+    Path.cwd().resolve()
+):
+    _references = _references.resolve().relative_to(Path.cwd().resolve())
 REFERENCES = [str(_references)] if _references is not None else []
 
 
