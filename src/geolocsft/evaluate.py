@@ -56,6 +56,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,28 @@ def evaluate_table(
     )
 
 
+def _draw_plots(
+    result: EvaluationResult, settings: EvaluationSettings, paths: dict[str, Path]
+) -> None:
+    a = result.arrays
+    plots.plot_error_cdf(
+        result.distance_km,
+        settings.thresholds_km,
+        paths["error_cdf"],
+        title=f"{result.label}: error CDF",
+    )
+    plots.plot_world_map(
+        a.true_lat,
+        a.true_lon,
+        a.pred_lat,
+        a.pred_lon,
+        paths["world_map"],
+        max_points=settings.map_max_points,
+        seed=settings.seed,
+        title=f"{result.label}: true vs predicted locations",
+    )
+
+
 def evaluate_file(
     pred_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -246,38 +269,27 @@ def evaluate_file(
         document["note"] = TRUTH_FROM_FILE_NOTE
     try:
         out.mkdir(parents=True, exist_ok=True)
-        paths["json"].write_text(
-            json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
-        metrics_row(result.metrics, result.label, result.truth_source).write_csv(paths["csv"])
-        paths["md"].write_text(
-            metrics_markdown(result.metrics, result.label, result.truth_source), encoding="utf-8"
-        )
-        result.per_image.write_csv(paths["per_image"])
-        result.per_country.write_csv(paths["per_country"])
-        written_s = time.perf_counter() - started
-        if make_plots:
-            a = result.arrays
-            plots.plot_error_cdf(
-                result.distance_km,
-                settings.thresholds_km,
-                paths["error_cdf"],
-                title=f"{result.label}: error CDF",
+        # The plots (matplotlib, mostly one core) are drawn in a thread while the tables are
+        # written (polars and file I/O, which release the GIL): the two overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            drawn = pool.submit(_draw_plots, result, settings, paths) if make_plots else None
+            paths["json"].write_text(
+                json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"
             )
-            plots.plot_world_map(
-                a.true_lat,
-                a.true_lon,
-                a.pred_lat,
-                a.pred_lon,
-                paths["world_map"],
-                max_points=settings.map_max_points,
-                seed=settings.seed,
-                title=f"{result.label}: true vs predicted locations",
+            metrics_row(result.metrics, result.label, result.truth_source).write_csv(paths["csv"])
+            paths["md"].write_text(
+                metrics_markdown(result.metrics, result.label, result.truth_source),
+                encoding="utf-8",
             )
+            result.per_image.write_csv(paths["per_image"])
+            result.per_country.write_csv(paths["per_country"])
+            written_s = time.perf_counter() - started
+            if drawn is not None:
+                drawn.result()
     except OSError as exc:
         raise GeolocsftError(f"{out}: cannot write the evaluation outputs: {exc}") from exc
     log.info(
-        "%s: %d rows, %d answered; read %.2fs, scored %.2fs, wrote %.2fs, plots %.2fs -> %s",
+        "%s: %d rows, %d answered; read %.2fs, scored %.2fs, wrote %.2fs, plots done %.2fs later -> %s",
         pred,
         result.metrics.n,
         result.metrics.answered,

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 MAX_ERROR_KM = 20_100.0
 #: Points of the CDF curve (a log-spaced grid; the CDF is exact at each grid point).
 CDF_GRID_POINTS = 2_000
+#: zlib level of the PNG files: 1 writes a dense map in a third of the time of the default 6,
+#: for files about 10% larger.
+PNG_COMPRESS_LEVEL = 1
 
 
 def _new_figure(width: float, height: float, dpi: int = 120) -> Figure:
@@ -98,7 +101,7 @@ def plot_error_cdf(
     if title:
         ax.set_title(title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return path
 
 
@@ -157,7 +160,7 @@ def plot_world_map(
     pred_lon: npt.ArrayLike,
     path: Path,
     *,
-    max_points: int = 20_000,
+    max_points: int = 5_000,
     seed: int = 0,
     title: str | None = None,
     backdrop: bool = True,
@@ -233,5 +236,5 @@ def plot_world_map(
     if title:
         ax.set_title(title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return path

@@ -27,7 +27,7 @@ class EvaluationSettings:
     ``haversine`` distance only (``geodesic`` uses the WGS84 ellipsoid). ``interval`` is the
     method of each Acc@R's confidence interval; ``bootstrap_resamples`` drive the bootstrap
     interval and the paired comparisons. ``seed`` drives every resampling and the subsample of
-    the world map (``map_max_points`` pairs at most; 0 draws no map). Invalid values raise
+    the world map (``map_max_points`` pairs at most). Invalid values raise
     :class:`~geolocsft.errors.GeolocsftError`.
     """
 
