@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -202,6 +203,8 @@ def search_part(sizes: list[int], exact_up_to: int, probes: int) -> None:
             f"| {train_n:,} x {query_n:,} | {exact_text} | {build_s:.1f} | {search_s:.1f} "
             f"| {cells} | {recall_text} | {whole_s:.1f} |"
         )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS of this process (all sizes, features included): {peak:,.0f} MB")
     largest = rows[-1]
     verdict = "meets" if largest[7] <= TARGET_1M_S else "MISSES"
     print(
