@@ -84,6 +84,14 @@ def test_a_repeated_id_is_an_error_naming_it_and_its_rows(tmp_path: Path) -> Non
         evaluate_file(pred, tmp_path / "o", manifest_path=manifest)
 
 
+def test_an_empty_id_is_an_error_naming_its_row(tmp_path: Path) -> None:
+    manifest = corpus_manifest(tmp_path / "manifest.parquet")
+    rows = [("t1", "1", "1", "1", "1"), ("", "2", "2", "1", "1")]
+    pred = write_csv(tmp_path / "p.csv", HEADER, rows)
+    with pytest.raises(InputTableError, match=r"column 'image_id' is empty in data row\(s\) 2"):
+        evaluate_file(pred, tmp_path / "o", manifest_path=manifest)
+
+
 def test_a_repeated_id_in_the_eval_set_is_an_error(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("image_id,lat,lon\na,1,1\nb,2,2\na,1,1\n")

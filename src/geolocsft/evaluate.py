@@ -289,7 +289,8 @@ def evaluate_file(
     except OSError as exc:
         raise GeolocsftError(f"{out}: cannot write the evaluation outputs: {exc}") from exc
     log.info(
-        "%s: %d rows, %d answered; read %.2fs, scored %.2fs, wrote %.2fs, plots done %.2fs later -> %s",
+        "%s: %d rows, %d answered; read %.2fs, scored %.2fs, wrote %.2fs, plots done %.2fs "
+        "later -> %s",
         pred,
         result.metrics.n,
         result.metrics.answered,

@@ -310,6 +310,13 @@ def join_on_manifest(
     )
     targets = eval_targets(manifest, manifest_source)
     preds = predictions.with_columns(pl.col("image_id").cast(pl.String).str.strip_chars())
+    no_id = preds.filter(pl.col("image_id").is_null() | (pl.col("image_id") == ""))
+    if no_id.height:
+        rows = [str(r) for r in no_id[ROW_COLUMN].to_list()]
+        raise InputTableError(
+            f"{source}: column 'image_id' is empty in data row(s) {_listing(rows, len(rows))}: "
+            "each prediction must name its image"
+        )
     duplicated = (
         preds.filter(pl.col("image_id").is_duplicated())
         if may_repeat(preds["image_id"])
