@@ -213,6 +213,64 @@ def search_part(sizes: list[int], exact_up_to: int, probes: int) -> None:
     )
 
 
+JOB = """
+import sys, time, resource
+from pathlib import Path
+import polars as pl
+from geolocsft.baselines import KnnSettings, predict_knn, training_set
+from geolocsft.settings import configured
+from geolocsft.splits import evaluation_targets
+work = Path(sys.argv[1])
+started = time.perf_counter()
+corpus = pl.read_parquet(work / "manifest.parquet")
+train = training_set(corpus, frozenset())
+targets = evaluation_targets(corpus)
+features = pl.read_parquet(work / "features.parquet")
+settings = configured(KnnSettings, probes=int(sys.argv[2]))
+predict_knn(train, features, targets, features, settings).write_csv(work / "knn.csv")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{time.perf_counter() - started:.1f} {peak:.0f}")
+"""
+
+
+def job_part(train_n: int, probes: int, work: Path) -> None:
+    """The predict_knn job as the workflow runs it (read Parquet, split, search, write CSV), in
+    a fresh process: wall time and peak RSS (issue #13: under 2 GB at 1M)."""
+    import subprocess
+
+    rng = np.random.default_rng(1)
+    scales = (1.0 / np.sqrt(np.arange(1, WIDTH + 1))).astype(np.float32)
+    centres = rng.normal(size=(2000, WIDTH)).astype(np.float32) * scales
+    total = train_n + train_n // 4
+    ids = [f"img{i:08d}" for i in range(total)]
+    pl.DataFrame(
+        {
+            "image_id": ids,
+            "lat": rng.uniform(-80, 80, total),
+            "lon": rng.uniform(-180, 180, total),
+            "split": ["train"] * train_n + ["test"] * (total - train_n),
+        }
+    ).write_parquet(work / "manifest.parquet")
+    vectors = synthetic(total, rng, centres)
+    pl.DataFrame(
+        {"image_id": ids, "features": pl.Series(vectors, dtype=pl.Array(pl.Float32, WIDTH))}
+    ).write_parquet(work / "features.parquet")
+    del vectors
+    done = subprocess.run(
+        [sys.executable, "-c", JOB, str(work), str(probes)],
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wall, peak = done.stdout.split()
+    print(
+        f"\npredict_knn job, {train_n:,} training x {total - train_n:,} eval images (fresh "
+        f"process, Parquet in, CSV out): {wall} s, peak RSS {int(peak):,} MB "
+        f"({'meets' if int(peak) < 2048 else 'MISSES'} < 2 GB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -220,6 +278,10 @@ def main() -> None:
     parser.add_argument("--exact-up-to", type=int, default=200_000)
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--skip-features", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument(
+        "--job", type=int, default=0, metavar="T", help="also run the predict_knn job at T"
+    )
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -228,7 +290,10 @@ def main() -> None:
         work = args.workdir or Path(temp)
         if not args.skip_features:
             features_part(args.images, work)
-        search_part(args.train, args.exact_up_to, args.probes)
+        if not args.skip_search:
+            search_part(args.train, args.exact_up_to, args.probes)
+        if args.job:
+            job_part(args.job, args.probes, work)
 
 
 if __name__ == "__main__":

@@ -85,13 +85,23 @@ def neighbour_medoids(
 
 
 def _matrix(rows: pl.DataFrame, features: pl.DataFrame, what: str) -> npt.NDArray[np.float32]:
-    joined = rows.select("image_id").join(
-        features, on="image_id", how="left", maintain_order="left"
+    """The feature vectors of ``rows`` in their order: one gather from a zero-copy view of the
+    features column (at 1M images, one 512 MB copy instead of a joined table plus its array)."""
+    position = (
+        rows.select("image_id")
+        .join(
+            features.select("image_id").with_row_index("__row"),
+            on="image_id",
+            how="left",
+            maintain_order="left",
+        )
+        .get_column("__row")
     )
-    missing = joined.filter(pl.col("features").is_null())["image_id"].to_list()
-    if missing:
+    if position.null_count():
+        missing = rows.filter(position.is_null())["image_id"].to_list()
         raise GeolocsftError(f"no {what} features for images {missing[:5]}: rerun image_features")
-    return joined["features"].to_numpy().astype(np.float32, copy=False)
+    vectors = features["features"].to_numpy()
+    return np.ascontiguousarray(vectors[position.to_numpy()], dtype=np.float32)
 
 
 def predict_knn(

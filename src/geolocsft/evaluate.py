@@ -241,6 +241,41 @@ def evaluate_file(
     out = Path(out_dir)
     manifest = Path(manifest_path) if manifest_path is not None else None
     started = time.perf_counter()
+    # One thread draws the plots: it imports matplotlib while the tables are read and scored,
+    # and draws while they are written (polars and file writes release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        warm = pool.submit(plots.warm_up) if make_plots else None
+        result, timings = _evaluate_and_write(
+            pred, out, manifest, settings, label, make_plots, pool, started
+        )
+        if warm is not None:
+            warm.result()
+    read_s, metrics_s, written_s = timings
+    log.info(
+        "%s: %d rows, %d answered; read %.2fs, scored %.2fs, wrote %.2fs, plots done %.2fs "
+        "later -> %s",
+        pred,
+        result.metrics.n,
+        result.metrics.answered,
+        read_s,
+        metrics_s,
+        written_s - read_s - metrics_s,
+        time.perf_counter() - started - written_s,
+        out,
+    )
+    return result
+
+
+def _evaluate_and_write(
+    pred: Path,
+    out: Path,
+    manifest: Path | None,
+    settings: EvaluationSettings,
+    label: str | None,
+    make_plots: bool,
+    pool: ThreadPoolExecutor,
+    started: float,
+) -> tuple[EvaluationResult, tuple[float, float, float]]:
     joined = evaluation_table(read_predictions(pred), manifest, str(pred))
     read_s = time.perf_counter() - started
     result = evaluate_table(
@@ -269,35 +304,19 @@ def evaluate_file(
         document["note"] = TRUTH_FROM_FILE_NOTE
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # The plots (matplotlib, mostly one core) are drawn in a thread while the tables are
-        # written (polars and file I/O, which release the GIL): the two overlap.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            drawn = pool.submit(_draw_plots, result, settings, paths) if make_plots else None
-            paths["json"].write_text(
-                json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-            )
-            metrics_row(result.metrics, result.label, result.truth_source).write_csv(paths["csv"])
-            paths["md"].write_text(
-                metrics_markdown(result.metrics, result.label, result.truth_source),
-                encoding="utf-8",
-            )
-            result.per_image.write_csv(paths["per_image"])
-            result.per_country.write_csv(paths["per_country"])
-            written_s = time.perf_counter() - started
-            if drawn is not None:
-                drawn.result()
+        drawn = pool.submit(_draw_plots, result, settings, paths) if make_plots else None
+        paths["json"].write_text(
+            json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+        metrics_row(result.metrics, result.label, result.truth_source).write_csv(paths["csv"])
+        paths["md"].write_text(
+            metrics_markdown(result.metrics, result.label, result.truth_source), encoding="utf-8"
+        )
+        result.per_image.write_csv(paths["per_image"])
+        result.per_country.write_csv(paths["per_country"])
+        written_s = time.perf_counter() - started
+        if drawn is not None:
+            drawn.result()
     except OSError as exc:
         raise GeolocsftError(f"{out}: cannot write the evaluation outputs: {exc}") from exc
-    log.info(
-        "%s: %d rows, %d answered; read %.2fs, scored %.2fs, wrote %.2fs, plots done %.2fs "
-        "later -> %s",
-        pred,
-        result.metrics.n,
-        result.metrics.answered,
-        read_s,
-        metrics_s,
-        written_s - read_s - metrics_s,
-        time.perf_counter() - started - written_s,
-        out,
-    )
-    return replace(result, outputs=paths)
+    return replace(result, outputs=paths), (read_s, metrics_s, written_s)

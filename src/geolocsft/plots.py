@@ -133,6 +133,13 @@ def land_backdrop() -> tuple[FloatArray, FloatArray] | None:
     return places["lat"].to_numpy(), places["lon"].to_numpy()
 
 
+def warm_up() -> None:
+    """Import matplotlib's figure and Agg canvas and load the land backdrop: the fixed cost of
+    the first plot (about 0.5 s), which a caller can pay in a thread while it reads its data."""
+    _new_figure(1.0, 1.0)
+    land_backdrop()
+
+
 def _pair_segments(
     true_lat: FloatArray, true_lon: FloatArray, pred_lat: FloatArray, pred_lon: FloatArray
 ) -> npt.NDArray[np.float64]:
