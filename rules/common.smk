@@ -18,11 +18,11 @@ use_checkout_package(SRC_DIR)
 
 from geolocsft.captions.stage import captioner_name, gemini_key_variable
 from geolocsft.sft.models import hub_model_slug
+from geolocsft.sft.model_family import tiny_family
 from geolocsft.errors import GeolocsftError
 from geolocsft.hub.acquire import ACQUIRED_COLUMNS
 from geolocsft.images import IMAGE_SUFFIXES
 from geolocsft.tables import ColumnMap, check_table_columns
-from geolocsft.sft.train import WORKFLOW_KEYS
 from geolocsft.settings import canonical, with_defaults
 from geolocsft.workflow import script_code
 
@@ -127,7 +127,7 @@ for _name, _run in SFT_RUNS.items():
 HUB_MODELS = {
     hub_model_slug(run["model"], run["revision"]): (run["model"], run["revision"])
     for run in SFT_RUNS.values()
-    if run["model"] != "tiny" and not Path(run["model"]).exists()
+    if tiny_family(run["model"]) is None and not Path(run["model"]).exists()
 }
 
 
@@ -239,75 +239,6 @@ def dataset_of(evalset):
     return "corpus" if evalset == "holdout" else evalset
 
 
-def model_dir(run):
-    """The folder of a run's base model: built, downloaded, or the user's own."""
-    if run["model"] == "tiny":
-        return "results/models/tiny-qwen2vl"
-    if Path(run["model"]).exists():
-        return run["model"]
-    return f"results/models/hub/{hub_model_slug(run['model'], run['revision'])}"
-
-
-def train_inputs(wildcards):
-    run = SFT_RUNS[wildcards.run]
-    folder = f"results/sft/{run['dataset']}"
-    dataset = [
-        f"{folder}/{run['dataset']}.json",
-        f"{folder}/dataset_info.json",
-        f"{folder}/media",
-    ]
-    if not run["retrain_when_dataset_changes"]:
-        # A pinned model: a changed dataset does not make it stale (force with --forcerun).
-        dataset = [ancient(path) for path in dataset]
-    return {
-        "dataset": dataset,
-        "model": model_dir(run),
-        "deepspeed": "config/deepspeed",
-        # The token-length check runs first, so on_truncation: fail stops a run before training;
-        # ancient(): a change to the check alone never retrains a model.
-        "token_stats": ancient(f"results/train/{wildcards.run}/token_lengths.json"),
-    }
-
-
-def training_settings(name):
-    """The keys of a run that shape its model (see geolocsft.sft.train.WORKFLOW_KEYS)."""
-    return {k: v for k, v in SFT_RUNS[name].items() if k not in WORKFLOW_KEYS}
-
-
-def instruction_of_run(name):
-    dataset = SFT_DATASETS[SFT_RUNS[name]["dataset"]]
-    return f"config/prompts/{dataset['instruction']}.txt"
-
-
-# SLURM resources of training and prediction jobs, from each run's `slurm` block.
-SLURM_RESOURCE_DEFAULTS = {
-    "gpu": None,  # the run's `gpus`
-    "cpus_per_gpu": 8,
-    "mem_mb": 64000,
-    "runtime": 720,
-    "slurm_partition": "gpu",
-}
-_SLURM_KEYS = [*SLURM_RESOURCE_DEFAULTS] + sorted(
-    {k for run in SFT_RUNS.values() for k in run["slurm"]}
-    - set(SLURM_RESOURCE_DEFAULTS)
-)
-
-
-def _slurm_resource(key):
-    def value(wildcards):
-        run = SFT_RUNS[wildcards.run]
-        if key in run["slurm"]:
-            return run["slurm"][key]
-        if key == "gpu":
-            return run["gpus"]
-        return SLURM_RESOURCE_DEFAULTS.get(key, "")
-
-    return value
-
-
-TRAIN_RESOURCES = {key: _slurm_resource(key) for key in _SLURM_KEYS}
-
-
 def provenance(rule, *wildcards):
     """The provenance record of a job of `rule` (a declared output; see geolocsft.audit)."""
     key = str(Path(*wildcards)) if wildcards else "job"
@@ -320,12 +251,7 @@ def all_provenance():
     records += [provenance("ingest_benchmark", b) for b in BENCHMARKS]
     acquired = {d.get("acquired") for d in [CORPUS, *BENCHMARKS.values()]} - {None}
     records += [provenance("acquire_dataset", a) for a in sorted(acquired)]
-    records += [provenance("sft_dataset", d) for d in SFT_DATASETS]
-    if any(run["model"] == "tiny" for run in SFT_RUNS.values()):
-        records.append(provenance("build_tiny_model"))
-    records += [provenance("download_model", slug) for slug in HUB_MODELS]
-    records += [provenance("sft_train", run) for run in SFT_RUNS]
-    records += [provenance("sft_token_stats", run) for run in SFT_RUNS]
+    records += sft_provenance()  # rules/sft.smk
     if "knn" in BASELINES:
         used = {"corpus", *(dataset_of(e) for e in EVAL_SETS)}
         records += [provenance("image_features", d) for d in sorted(used)]

@@ -1,9 +1,199 @@
 # Supervised fine-tuning: LLaMA-Factory datasets from the valid geo-captions, training runs
 # and their predictions. Downloads stay on the submit host; training and prediction are GPU jobs.
+#
+# What makes a run retrain (see README "When does a run retrain?"): sft_train's params are every
+# run setting that shapes the weights (geolocsft.sft.train.WORKFLOW_KEYS are the others), its
+# inputs the dataset it trains on, the base model, the DeepSpeed configs and the token counts
+# (whose own params are only what shapes the counts). No input reaches it through ancient(),
+# so Snakemake always checks its own params. A pinned run (retrain_when_dataset_changes: false)
+# trains on a snapshot of its dataset that is made once and has no producing job afterwards.
+from geolocsft.sft.model_family import tiny_family
+from geolocsft.sft.train import WORKFLOW_KEYS
+
+MEMO_DIR = config["memo"]["dir"]
+PARTS = config["scale_out"]["parts"]
+TINY_FAMILIES = sorted(
+    {tiny_family(run["model"]) for run in SFT_RUNS.values()} - {None}
+)
+# Pinned runs whose dataset snapshot is not made yet: only these have a snapshot job.
+_SNAPSHOT_MARKER = "dataset_info.json"
+PINNED_RUNS = [n for n, r in SFT_RUNS.items() if not r["retrain_when_dataset_changes"]]
+SNAPSHOTS_TO_MAKE = [
+    n
+    for n in PINNED_RUNS
+    if not Path(f"results/train/{n}/dataset/{_SNAPSHOT_MARKER}").is_file()
+]
 
 
 localrules:
     download_model,
+
+
+def model_dir(run):
+    """The folder of a run's base model: built, downloaded, or the user's own."""
+    family = tiny_family(run["model"])
+    if family:
+        return f"results/models/tiny-{family}"
+    if Path(run["model"]).exists():
+        return run["model"]
+    return f"results/models/hub/{hub_model_slug(run['model'], run['revision'])}"
+
+
+def dataset_files(folder, name):
+    """The files of a built dataset that training reads."""
+    return {
+        "json": f"{folder}/{name}.json",
+        "info": f"{folder}/dataset_info.json",
+        "media": f"{folder}/media",
+        "media_index": f"{folder}/media_sha256.parquet",
+    }
+
+
+def run_dataset_dir(name):
+    """The dataset folder a run trains on: its dataset's, or its snapshot when pinned."""
+    run = SFT_RUNS[name]
+    if run["retrain_when_dataset_changes"]:
+        return f"results/sft/{run['dataset']}"
+    return f"results/train/{name}/dataset"
+
+
+def run_dataset(wildcards):
+    return dataset_files(
+        run_dataset_dir(wildcards.run), SFT_RUNS[wildcards.run]["dataset"]
+    )
+
+
+def training_settings(name):
+    """The keys of a run that shape its model: all but geolocsft.sft.train.WORKFLOW_KEYS, and
+    the Hub revision of its base model."""
+    run = SFT_RUNS[name]
+    shaping = {k: v for k, v in run.items() if k not in WORKFLOW_KEYS}
+    return {**shaping, "revision": run["revision"]}
+
+
+def predict_settings_of(name):
+    """What of a run shapes its predictions (besides its adapter): prediction settings, the
+    image resize, the seed, the dataset (target, image preparation)."""
+    run = SFT_RUNS[name]
+    keys = ("dataset", "predict", "image_max_pixels", "seed", "gpus", "cutoff_len")
+    return {k: run[k] for k in keys}
+
+
+def instruction_of_run(name):
+    dataset = SFT_DATASETS[SFT_RUNS[name]["dataset"]]
+    return f"config/prompts/{dataset['instruction']}.txt"
+
+
+# SLURM resources of training and prediction jobs, from each run's `slurm` block, `gpus` and
+# `nodes`. A multi-node training asks for its nodes with one task each and per-node GPUs
+# (gres), and runs its job script on the first node (`mpi`: no `srun -n1` around it), which
+# starts one launcher per node with srun (geolocsft.sft.launch).
+SLURM_RESOURCE_DEFAULTS = {
+    "gpu": None,  # the run's `gpus`
+    "cpus_per_gpu": 8,
+    "mem_mb": 64000,
+    "runtime": 720,
+    "slurm_partition": "gpu",
+}
+_MULTI_NODE_KEYS = ["mpi", "tasks", "tasks_per_gpu", "cpus_per_task", "gres", "slurm_extra"]
+_SLURM_KEYS = (
+    [*SLURM_RESOURCE_DEFAULTS, "nodes"]
+    + sorted(
+        {k for run in SFT_RUNS.values() for k in run["slurm"]}
+        - set(SLURM_RESOURCE_DEFAULTS)
+        - set(_MULTI_NODE_KEYS)
+    )
+    + _MULTI_NODE_KEYS
+)
+
+
+def slurm_resources(run, nodes):
+    """The job resources of a run's training (``nodes``: the run's) or prediction (1 node)."""
+    chosen = {**SLURM_RESOURCE_DEFAULTS, "gpu": run["gpus"], **run["slurm"]}
+    chosen["nodes"] = nodes
+    if nodes > 1:
+        model = chosen.pop("gpu_model", None)
+        per_node = f"gpu:{model}:{run['gpus']}" if model else f"gpu:{run['gpus']}"
+        extra = run["slurm"].get("slurm_extra", "")
+        chosen |= {
+            "gpu": 0,  # --gpus is per job; gres is per node
+            "gres": run["slurm"].get("gres", per_node),
+            "mpi": "srun",
+            "tasks": nodes,
+            "tasks_per_gpu": 0,
+            "cpus_per_task": run["gpus"] * chosen["cpus_per_gpu"],
+            "slurm_extra": f"{extra} --ntasks-per-node=1".strip(),
+        }
+    return chosen
+
+
+def _slurm_resource(key, training):
+    def value(wildcards):
+        run = SFT_RUNS[wildcards.run]
+        return slurm_resources(run, run["nodes"] if training else 1).get(key)
+
+    return value
+
+
+TRAIN_RESOURCES = {key: _slurm_resource(key, True) for key in _SLURM_KEYS}
+PREDICT_RESOURCES = {key: _slurm_resource(key, False) for key in _SLURM_KEYS}
+
+
+def sft_provenance():
+    """Provenance records of the fine-tuning jobs (for the audit manifest)."""
+    records = [provenance("sft_dataset", d) for d in SFT_DATASETS]
+    records += [provenance("build_tiny_model", f) for f in TINY_FAMILIES]
+    records += [provenance("download_model", slug) for slug in HUB_MODELS]
+    records += [provenance("sft_pin_dataset", run) for run in PINNED_RUNS]
+    records += [provenance("sft_train", run) for run in SFT_RUNS]
+    records += [provenance("sft_token_stats", run) for run in SFT_RUNS]
+    return records
+
+
+def media_parts(wildcards):
+    if PARTS == 1:
+        return []
+    return expand(
+        "results/parts/sft_media/{d}/{part}.parquet",
+        d=wildcards.sft_dataset,
+        part=range(PARTS),
+    )
+
+
+def token_parts(wildcards):
+    if PARTS == 1:
+        return []
+    return expand(
+        "results/parts/sft_tokens/{run}/{part}.parquet",
+        run=wildcards.run,
+        part=range(PARTS),
+    )
+
+
+rule sft_media:
+    input:
+        manifest="results/manifest.parquet",
+        captions=f"{CAPTION_DIR}/captions",
+        index=f"{CAPTION_DIR}/index.csv",
+    output:
+        part="results/parts/sft_media/{sft_dataset}/{part}.parquet",
+    log:
+        "logs/sft/media-{sft_dataset}-{part}.log",
+    benchmark:
+        "results/runtime/sft/media-{sft_dataset}-{part}.tsv"
+    wildcard_constraints:
+        part=r"\d+",
+    conda:
+        "../envs/captions.yaml"
+    params:
+        settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],
+        parts=PARTS,
+        memo_dir=MEMO_DIR,
+        code=code_of_script("sft_media"),
+    message:
+        "Media of dataset {wildcards.sft_dataset}, part {wildcards.part} of {params.parts}"
+    script:
+        "../scripts/sft_media.py"
 
 
 rule sft_dataset:
@@ -14,10 +204,12 @@ rule sft_dataset:
         instruction=lambda wildcards: (
             f"config/prompts/{SFT_DATASETS[wildcards.sft_dataset]['instruction']}.txt"
         ),
+        media_parts=media_parts,
     output:
         dataset="results/sft/{sft_dataset}/{sft_dataset}.json",
         info="results/sft/{sft_dataset}/dataset_info.json",
         media=directory("results/sft/{sft_dataset}/media"),
+        media_index="results/sft/{sft_dataset}/media_sha256.parquet",
         stats=report(
             "results/sft/{sft_dataset}/stats.json",
             category="4. Fine-tuning",
@@ -33,6 +225,7 @@ rule sft_dataset:
     params:
         captioner=CAPTIONER,
         settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],
+        memo_dir=MEMO_DIR,
         code=code_of_script("sft_dataset"),
     message:
         "LLaMA-Factory dataset {wildcards.sft_dataset} from the {params.captioner} captions"
@@ -40,21 +233,52 @@ rule sft_dataset:
         "../scripts/sft_dataset.py"
 
 
+rule sft_pin_dataset:
+    input:
+        unpack(
+            lambda wildcards: {
+                key: ancient(path)
+                for key, path in dataset_files(
+                    f"results/sft/{SFT_RUNS[wildcards.run]['dataset']}",
+                    SFT_RUNS[wildcards.run]["dataset"],
+                ).items()
+            }
+        ),
+    output:
+        snapshot=directory("results/train/{run}/dataset"),
+        provenance=provenance("sft_pin_dataset", "{run}"),
+    log:
+        "logs/train/{run}-dataset.log",
+    wildcard_constraints:
+        run=_alternatives(SNAPSHOTS_TO_MAKE),
+    conda:
+        "../envs/captions.yaml"
+    params:
+        marker=_SNAPSHOT_MARKER,
+        code=code_of_script("sft_pin_dataset"),
+    message:
+        "Pin run {wildcards.run} to a snapshot of its dataset"
+    script:
+        "../scripts/sft_pin_dataset.py"
+
+
 rule build_tiny_model:
     output:
-        model=directory("results/models/tiny-qwen2vl"),
-        provenance=provenance("build_tiny_model"),
+        model=directory("results/models/tiny-{family}"),
+        provenance=provenance("build_tiny_model", "{family}"),
     log:
-        "logs/sft/build_tiny_model.log",
+        "logs/sft/build_tiny_model-{family}.log",
     benchmark:
-        "results/runtime/sft/build_tiny_model.tsv"
+        "results/runtime/sft/build_tiny_model-{family}.tsv"
+    wildcard_constraints:
+        family="qwen2vl|gemma3",
     conda:
         "../envs/train.yaml"
     params:
         seed=0,
         code=code_of_script("build_tiny_model"),
     message:
-        "Build the tiny Qwen2-VL-style model locally (random weights, local tokenizer)"
+        "Build the tiny {wildcards.family}-style model locally (random weights, local tokenizer)"
     script:
         "../scripts/build_tiny_model.py"
 
@@ -77,13 +301,36 @@ rule download_model:
         "../scripts/download_model.py"
 
 
+rule sft_token_counts:
+    input:
+        unpack(run_dataset),
+        model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+    output:
+        part="results/parts/sft_tokens/{run}/{part}.parquet",
+    log:
+        "logs/train/{run}-token_counts-{part}.log",
+    benchmark:
+        "results/runtime/train/{run}-token_counts-{part}.tsv"
+    wildcard_constraints:
+        part=r"\d+",
+    conda:
+        "../envs/train.yaml"
+    params:
+        image_max_pixels=lambda wildcards: SFT_RUNS[wildcards.run]["image_max_pixels"],
+        parts=PARTS,
+        memo_dir=MEMO_DIR,
+        code=code_of_script("sft_token_counts"),
+    message:
+        "Token counts of run {wildcards.run}'s samples, part {wildcards.part} of {params.parts}"
+    script:
+        "../scripts/sft_token_counts.py"
+
+
 rule sft_token_stats:
     input:
-        dataset=lambda wildcards: "results/sft/{d}/{d}.json".format(
-            d=SFT_RUNS[wildcards.run]["dataset"]
-        ),
-        media=lambda wildcards: f"results/sft/{SFT_RUNS[wildcards.run]['dataset']}/media",
+        unpack(run_dataset),
         model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+        parts=token_parts,
     output:
         stats="results/train/{run}/token_lengths.json",
         plot=report(
@@ -100,7 +347,10 @@ rule sft_token_stats:
     conda:
         "../envs/train.yaml"
     params:
-        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        # Only what shapes the counts and their summary (on_truncation is applied by sft_train).
+        image_max_pixels=lambda wildcards: SFT_RUNS[wildcards.run]["image_max_pixels"],
+        cutoff_len=lambda wildcards: SFT_RUNS[wildcards.run]["cutoff_len"],
+        memo_dir=MEMO_DIR,
         code=code_of_script("sft_token_stats"),
     message:
         "Token lengths of run {wildcards.run}'s dataset against its cutoff_len"
@@ -110,7 +360,10 @@ rule sft_token_stats:
 
 rule sft_train:
     input:
-        unpack(train_inputs),
+        unpack(run_dataset),
+        model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+        deepspeed="config/deepspeed",
+        token_stats="results/train/{run}/token_lengths.json",
     output:
         adapter=directory("results/train/{run}/adapter"),
         config="results/train/{run}/llamafactory_train.yaml",
@@ -131,8 +384,8 @@ rule sft_train:
     resources:
         **TRAIN_RESOURCES,
     params:
-        # Only what shapes the model: SLURM resources, prediction settings or pinning a run
-        # never make it retrain.
+        # Every setting that shapes the model, and nothing else: SLURM resources, prediction
+        # settings, evaluate_on or on_truncation never make it retrain.
         settings=lambda wildcards: training_settings(wildcards.run),
         run_dir=lambda wildcards: f"results/train/{wildcards.run}",
         code=code_of_script("sft_train"),
@@ -158,9 +411,9 @@ rule predict_sft:
     conda:
         "../envs/train.yaml"
     resources:
-        **TRAIN_RESOURCES,
+        **PREDICT_RESOURCES,
     params:
-        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        settings=lambda wildcards: predict_settings_of(wildcards.run),
         dataset_settings=lambda wildcards: SFT_DATASETS[
             SFT_RUNS[wildcards.run]["dataset"]
         ],

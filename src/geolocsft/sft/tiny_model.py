@@ -13,8 +13,14 @@ Built by the workflow rule ``build_tiny_model`` (see :func:`build_tiny_model`).
 from __future__ import annotations
 
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
+
+from geolocsft.captions.schema import Coordinates, GeoCaption
 
 # Special tokens of the Qwen2-VL family, in the order they get their ids (right after the
 # trained vocabulary). The processor and LLaMA-Factory's qwen2_vl template look them up by text.
@@ -68,14 +74,51 @@ _WORDS_TEXT = (
     "assessment confirmed decisive features from recorded position thinking scale about km "
     "true false null"
 )
-WORDS = _WORDS_TEXT.split()
-KEYS = [
-    *WORDS,
-    "final_location_confirmation",
-    "accuracy_assessment",
-    "confirmed_location",
-    "decisive_features",
-]
+# The vocabulary of geo-captions (what a photo's terrain, roads, buildings and plants look like):
+# a real base model knows these English words; the tiny one learns them while it is pretrained.
+_GEO_WORDS_TEXT = (
+    "rolling flat lowland upland plain plateau valley river stream canal lake coast shore cliff "
+    "dune desert steppe savanna tundra glacier snow ice rock sand soil loamy clay brown red "
+    "temperate tropical arid humid dry wet mediterranean continental alpine oceanic overcast "
+    "sunny cloudy rain fog dense sparse suburban urban rural settlement farmland pasture "
+    "vineyard orchard plantation crops wheat rice maize smooth rough asphalt concrete gravel "
+    "cobbles dirt paved unpaved repair cracked good poor dashed solid centre center line lines "
+    "edge yellow double single none visible guardrail guardrails steel wooden metal lamp lamps "
+    "posts pole poles post one two both side sides kerbs curbs kerb curb gutters ditch ditches "
+    "drainage deciduous evergreen coniferous pine oak plane palm birch eucalyptus likely mown "
+    "grass verges shrubs hedges regularly maintained wild overgrown storey two-storey houses "
+    "apartment blocks pitched flat tile tiles roofs roof terracotta timber facades windows "
+    "balconies left-hand right-hand drive driving cars trucks buses scooters motorcycles traffic "
+    "plates licence license northern southern eastern western central germany france italy spain "
+    "japan brazil style design stand-in within few kilometres kilometers architecture markings "
+    "signage language script features confirmed assessment country state province town"
+)
+GEO_WORDS = _GEO_WORDS_TEXT.split()
+WORDS = [*_WORDS_TEXT.split(), *(w for w in GEO_WORDS if w not in _WORDS_TEXT.split())]
+
+
+def _caption_keys() -> list[str]:
+    """Every key of the geo-caption JSON, as the caption schema names them."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.get("properties", {}).items():
+                if key not in found:
+                    found.append(key)
+                walk(value)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(GeoCaption.model_json_schema(by_alias=True))
+    return found
+
+
+CAPTION_KEYS = _caption_keys()
+KEYS = [*WORDS, *(k for k in CAPTION_KEYS if k not in WORDS)]
 LAT_LON = ("latitude", "longitude")
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -89,13 +132,45 @@ def _corpus() -> list[str]:
     for _ in range(3000):
         lat, lon = round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)
         lines.append(json.dumps({"answer": {"coordinates": {"latitude": lat, "longitude": lon}}}))
+    for _ in range(2000):  # caption-shaped JSON, so that its keys become tokens
+        keys = rng.sample(CAPTION_KEYS, 4)
+        value = {k: " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for k in keys}
+        lines.append(json.dumps(value, separators=(", ", ": ")))
     lines.append("0123456789 -+.,:;{}[]()\"'_/ \n")
     return lines
 
 
+def schema_shaped(model: type[BaseModel], rng: Any, prose: Any) -> dict[str, Any]:
+    """A JSON object shaped like a pydantic model (its keys by alias, in order) with random
+    prose values, leaving out every coordinates object: what a base model's general JSON
+    competence looks like for the geo-caption, without ever answering with a position."""
+    value: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if kind is Coordinates:
+            continue
+        key = info.serialization_alias or info.alias or name
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = options[0]
+        if typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind)
+            count = rng.randint(1, 3)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                value[key] = [schema_shaped(item, rng, prose) for _ in range(count)]
+            else:
+                value[key] = [prose(1, 4) for _ in range(count)]
+        elif isinstance(kind, type) and issubclass(kind, BaseModel):
+            value[key] = schema_shaped(kind, rng, prose)
+        else:
+            value[key] = prose(2, 8)
+    return value
+
+
 def _pretrain_lines(rng: Any, n: int) -> list[str]:
     """Synthetic text a tiny 'pretrained' LM knows: prose with names, chat turns answered in
-    prose, and generic JSON (nested objects, numbers with 1-6 decimals, short strings).
+    prose, generic JSON (nested objects, numbers with 1-6 decimals, short strings) and JSON
+    shaped like a geo-caption without its coordinates (:func:`schema_shaped`).
 
     Every word of WORDS/KEYS appears (an LM head row never trained is pushed down so far that
     LoRA cannot bring its token back), but latitude and longitude never appear in the same
@@ -138,6 +213,8 @@ def _pretrain_lines(rng: Any, n: int) -> list[str]:
                 f"<|im_start|>user\n{prose(3, 10)}<|im_end|>\n"
                 f"<|im_start|>assistant\n{prose(3, 12)}<|im_end|>"
             )
+        elif kind < 0.7:
+            line = json.dumps(schema_shaped(GeoCaption, rng, prose))
         else:
             line = json.dumps(obj(0))
         if all(w in line for w in LAT_LON):
@@ -147,7 +224,7 @@ def _pretrain_lines(rng: Any, n: int) -> list[str]:
 
 
 def pretrain_text(
-    model: Any, tokenizer: Any, steps: int, seed: int, seq_len: int = 96, batch: int = 32
+    model: Any, tokenizer: Any, steps: int, seed: int, seq_len: int = 256, batch: int = 12
 ) -> float | None:
     """A few seconds of next-token training on synthetic text (no images, no chat turns).
 
@@ -173,18 +250,25 @@ def pretrain_text(
     g = torch.Generator().manual_seed(seed)
     model.train()
     loss = None
-    for _ in range(steps):
-        ids = data[torch.randint(0, data.shape[0], (batch,), generator=g)]
-        pos = torch.arange(seq_len).expand(3, batch, seq_len)  # text only: all mrope axes equal
-        hidden = text(input_ids=ids, position_ids=pos).last_hidden_state
-        logits = model.lm_head(hidden[:, :-1])
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    # The matrices are tiny: one thread is as fast as several on an idle machine, and many
+    # times faster on a busy one (thread hand-offs then wait for time slices).
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            ids = data[torch.randint(0, data.shape[0], (batch,), generator=g)]
+            pos = torch.arange(seq_len).expand(3, batch, seq_len)  # text only: mrope axes equal
+            hidden = text(input_ids=ids, position_ids=pos).last_hidden_state
+            logits = model.lm_head(hidden[:, :-1])
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        torch.set_num_threads(saved_threads)
     model.eval()
     return float(loss) if loss is not None else None
 
@@ -226,7 +310,7 @@ def build_tokenizer(vocab_size: int) -> Any:
 def build(
     out: Path,
     seed: int = 0,
-    vocab_size: int = 512,
+    vocab_size: int = 1024,
     max_pixels: int = 64 * 28 * 28,
     head_std: float = 0.5,
     vision_scale: float = 1.0,
