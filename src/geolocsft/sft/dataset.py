@@ -63,6 +63,8 @@ IMAGE_TOKEN = "<image>"
 MEDIA_DIR = "media"
 MEDIA_INDEX = "media_sha256.parquet"
 MEDIA_SCHEMA = {"image_id": pl.String, "media_sha256": pl.String}
+#: Decimals of the answer's true coordinates in a sample (1e-6 degrees is about 0.1 m).
+COORDINATE_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,10 @@ def read_caption(path: Path) -> GeoCaption:
 
 def assistant_text(caption: GeoCaption, target: Target, lat: float, lon: float, where: str) -> str:
     """The assistant turn: the caption (``full``), its answer, or only the coordinates; the
-    answer's coordinates are the true ones (``lat``, ``lon``)."""
+    answer's coordinates are the true ones (``lat``, ``lon``), to 6 decimals (about 0.1 m: the
+    digits beyond are float noise of the source, e.g. EXIF degrees-minutes-seconds, that a model
+    would have to learn to write)."""
+    lat, lon = round(lat, COORDINATE_DECIMALS), round(lon, COORDINATE_DECIMALS)
     truth = caption.answer.coordinates.model_copy(update={"latitude": lat, "longitude": lon})
     answer = caption.answer.model_copy(update={"coordinates": truth})
     if target == "full":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ LAT_LON = ("latitude", "longitude")
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _corpus() -> list[str]:
+def tokenizer_corpus() -> list[str]:
     """Text the byte-level BPE is trained on: words, JSON punctuation and numbers."""
     import random
 
@@ -167,10 +168,21 @@ def schema_shaped(model: type[BaseModel], rng: Any, prose: Any) -> dict[str, Any
     return value
 
 
-def _pretrain_lines(rng: Any, n: int) -> list[str]:
+def _qwen_chat_turn(rng: Any, user: str, answer: str) -> str:
+    return (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n{user}<|im_end|>\n"
+        f"<|im_start|>assistant\n{answer}<|im_end|>"
+    )
+
+
+def synthetic_lines(
+    rng: Any, n: int, chat_turn: Callable[[Any, str, str], str] = _qwen_chat_turn
+) -> list[str]:
     """Synthetic text a tiny 'pretrained' LM knows: prose with names, chat turns answered in
-    prose, generic JSON (nested objects, numbers with 1-6 decimals, short strings) and JSON
-    shaped like a geo-caption without its coordinates (:func:`schema_shaped`).
+    prose (``chat_turn(rng, user, answer)`` writes one in the family's format), generic JSON
+    (nested objects, numbers with 1-6 decimals, short strings) and JSON shaped like a
+    geo-caption without its coordinates (:func:`schema_shaped`).
 
     Every word of WORDS/KEYS appears (an LM head row never trained is pushed down so far that
     LoRA cannot bring its token back), but latitude and longitude never appear in the same
@@ -208,11 +220,7 @@ def _pretrain_lines(rng: Any, n: int) -> list[str]:
         if kind < 0.2:
             line = prose(4, 14)
         elif kind < 0.5:  # a chat turn answered in prose: what the untrained model does
-            line = (
-                "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                f"<|im_start|>user\n{prose(3, 10)}<|im_end|>\n"
-                f"<|im_start|>assistant\n{prose(3, 12)}<|im_end|>"
-            )
+            line = chat_turn(rng, prose(3, 10), prose(3, 12))
         elif kind < 0.7:
             line = json.dumps(schema_shaped(GeoCaption, rng, prose))
         else:
@@ -230,7 +238,7 @@ def pretrain_text(
 
     A random LM has no notion of how numbers or JSON continue, so after LoRA SFT on ~11 photos
     it answers unseen photos with broken JSON. Real base models bring that prior; this gives the
-    tiny one a little of it (see _pretrain_lines for why the untrained model still cannot
+    tiny one a little of it (see synthetic_lines for why the untrained model still cannot
     answer with coordinates).
     """
     import random
@@ -240,7 +248,7 @@ def pretrain_text(
     rng = random.Random(seed)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     stream: list[int] = []
-    for line in _pretrain_lines(rng, 6000):
+    for line in synthetic_lines(rng, 6000):
         stream += [*tokenizer.encode(line, add_special_tokens=False), eot]
     data = torch.tensor(stream[: len(stream) // seq_len * seq_len]).view(-1, seq_len)
     text = model.model.language_model
@@ -293,7 +301,7 @@ def build_tokenizer(vocab_size: int) -> Any:
         special_tokens=[],
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
     tok.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

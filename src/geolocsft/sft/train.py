@@ -35,6 +35,7 @@ from geolocsft.sft.fingerprint import (
 )
 from geolocsft.sft.launch import (
     Device,
+    Launch,
     launch_training,
     plan_launch,
     running_trainings,
@@ -188,7 +189,7 @@ def collect_model(output_dir: Path, destination: Path) -> Path:
     return destination
 
 
-def train(
+def prepare_run(
     run: RunSettings,
     *,
     model_path: Path,
@@ -196,17 +197,11 @@ def train(
     run_dir: Path,
     deepspeed_dir: Path,
     code: str,
-    log_path: Path | None = None,
-    environ: Mapping[str, str] | None = None,
     threads: int = 1,
-) -> Path:
-    """Train into ``run_dir/checkpoints`` and copy the result to ``run_dir/adapter``.
-
-    A run killed before it finished resumes from its newest checkpoint on the next call, if its
-    fingerprint (everything that shapes the weights, ``code`` included) is unchanged; otherwise
-    training starts from step 0 and the old checkpoints are moved aside.
-    """
-    environ = os.environ if environ is None else environ
+) -> tuple[Launch, Path]:
+    """Everything before the launch: decide the launch, resume or set old checkpoints aside by
+    the fingerprint, write ``llamafactory_train.yaml`` and ``launch.json``. Returns the launch
+    and the launch file the node command reads."""
     output_dir = run_dir / "checkpoints"
     config_path = run_dir / "llamafactory_train.yaml"
     launch = plan_launch(
@@ -249,18 +244,57 @@ def train(
         code=code,
     )
     config = rendered(checkpoint_to_resume(output_dir, record, run.name))
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     launch_file = run_dir / "launch.json"
     write_launch(launch, launch_file)
+    return launch, launch_file
+
+
+def finish_run(run_dir: Path) -> Path:
+    """After a successful training: the model in ``run_dir/adapter``, the fingerprint stamped
+    into it and into every checkpoint."""
+    output_dir = run_dir / "checkpoints"
+    adapter_dir = collect_model(output_dir, run_dir / "adapter")
+    stamp(output_dir, [*complete_checkpoints(output_dir), adapter_dir])
+    return adapter_dir
+
+
+def train(
+    run: RunSettings,
+    *,
+    model_path: Path,
+    dataset_dir: Path,
+    run_dir: Path,
+    deepspeed_dir: Path,
+    code: str,
+    log_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    threads: int = 1,
+) -> Path:
+    """Train into ``run_dir/checkpoints`` and copy the result to ``run_dir/adapter``.
+
+    A run killed before it finished resumes from its newest checkpoint on the next call, if its
+    fingerprint (everything that shapes the weights, ``code`` included) is unchanged; otherwise
+    training starts from step 0 and the old checkpoints are moved aside.
+    """
+    launch, launch_file = prepare_run(
+        run,
+        model_path=model_path,
+        dataset_dir=dataset_dir,
+        run_dir=run_dir,
+        deepspeed_dir=deepspeed_dir,
+        code=code,
+        threads=threads,
+    )
+    environ = os.environ if environ is None else environ
     returncode = launch_training(launch, launch_file, log_path, environ)
     if returncode != 0:
         raise GeolocsftError(
             f"llamafactory-cli train failed with exit status {returncode} for run {run.name}; "
             f"its output is in {log_path} (rerun to resume from the last checkpoint)"
         )
-    adapter_dir = collect_model(output_dir, run_dir / "adapter")
-    stamp(output_dir, [*complete_checkpoints(output_dir), adapter_dir])
-    return adapter_dir
+    return finish_run(run_dir)
 
 
 def loss_history(trainer_state_path: Path) -> list[dict[str, float]]:
