@@ -200,3 +200,15 @@ def test_a_pinned_run_stays_pinned_but_retrains_when_its_own_settings_change(fin
     )
     grown = json.loads((workdir / "results/sft/geocaptions/geocaptions.json").read_text())
     assert len(grown) == len(samples) + 1  # the pinned run still trains on its snapshot
+
+
+def test_parts_split_media_and_token_counts_into_part_jobs_and_a_gather(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    one = planned_jobs(workdir)
+    assert "sft_media" not in one and "sft_token_counts" not in one  # parts: 1, one job each
+    assert one["sft_dataset"] == 1 and one["sft_token_stats"] == 1
+    parts = workdir / "config" / "parts.yaml"
+    parts.write_text(yaml.safe_dump({"scale_out": {"parts": 3}}))
+    three = planned_jobs(workdir, "--configfile", str(parts))
+    assert three["sft_media"] == 3 and three["sft_token_counts"] == 3, three
+    assert three["sft_dataset"] == 1 and three["sft_token_stats"] == 1, three

@@ -109,3 +109,22 @@ def test_multi_sample_answers_aggregate_to_the_geodesic_medoid():
     assert status == "medoid_of_3" and parsed == 3
     assert aggregate(["nothing here"]) == (None, None, "unparseable", 0)
     assert aggregate(['{"latitude": 1, "longitude": 2}'])[:3] == (1.0, 2.0, "json")
+
+
+def test_a_full_fine_tune_is_loaded_in_place_of_the_base_model(tmp_path):
+    from geolocsft.sft.predict import processor_dir, trained_model
+
+    base, out = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    out.mkdir()
+    with pytest.raises(GeolocsftError, match="neither a LoRA adapter"):
+        trained_model(base, out)
+    (out / "adapter_config.json").write_text("{}")
+    assert trained_model(base, out) == (base, out)  # LoRA: base model + adapter
+    (out / "adapter_config.json").unlink()
+    (out / "config.json").write_text("{}")
+    assert trained_model(base, out) == (out, None)  # full: the fine-tuned model itself
+    assert processor_dir(out, base) == base
+    (out / "processor_config.json").write_text("{}")
+    assert processor_dir(out, base) == out
+    assert trained_model(base, None) == (base, None)  # the untrained base model

@@ -324,8 +324,8 @@ def the_papers_setting(workdir: Path) -> dict:
         "learning_rate": 1.0e-3,
         "per_device_train_batch_size": 1,
         "num_train_epochs": 30,
-        "cutoff_len": 768,
-        "predict": {"max_new_tokens": 480},
+        "cutoff_len": 1024,
+        "predict": {"max_new_tokens": 800},
     }
     return sft
 

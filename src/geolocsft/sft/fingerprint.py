@@ -28,12 +28,12 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from geolocsft.audit import package_versions
 from geolocsft.errors import GeolocsftError
 from geolocsft.io import atomic_write_json, canonical_sha256, file_sha256
 
@@ -75,16 +75,6 @@ TRAINING_PACKAGES = (
     "deepspeed",
 )
 MODEL_SOURCE_FILE = "geolocsft_source.json"
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in TRAINING_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def model_identity(model_dir: Path) -> dict[str, Any]:
@@ -143,7 +133,7 @@ def fingerprint_record(
         "deepspeed": file_sha256(Path(deepspeed)) if deepspeed else None,
         "launch": dict(launch),
         "code": code,
-        "packages": package_versions(),
+        "packages": package_versions(TRAINING_PACKAGES),
     }
 
 

@@ -366,7 +366,7 @@ def launch_training(
     return run_process_group(command, environ, Path(log_path or os.devnull))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def node_main(argv: Sequence[str] | None = None) -> int:
     """The node command: ``python -m geolocsft.sft.launch <launch.json>``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
@@ -381,4 +381,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(node_main())

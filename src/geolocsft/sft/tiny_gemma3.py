@@ -42,8 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geolocsft.sft.tiny_model import synthetic_lines
-from geolocsft.sft.tiny_model import tokenizer_corpus as base_corpus
+from geolocsft.sft.tiny_model import KEYS, WORDS, synthetic_lines
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,11 @@ BASE_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
 BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 IMAGE_TOKENS = [BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN]
-SPECIAL_TOKENS = [*BASE_SPECIAL_TOKENS, *TURN_TOKENS, *IMAGE_TOKENS]
+GEMMA_SPECIAL_TOKENS = [*BASE_SPECIAL_TOKENS, *TURN_TOKENS, *IMAGE_TOKENS]
 END_OF_TURN = "<end_of_turn>"
 
 #: Gemma 3's own chat template (google/gemma-3-*-it), unchanged but for whitespace.
-CHAT_TEMPLATE = (
+GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"
     "{%- if messages[0]['content'] is string -%}"
@@ -105,12 +104,19 @@ PATCH_SIZE = 16
 MM_TOKENS_PER_IMAGE = 16
 
 
-def tokenizer_corpus() -> list[str]:
-    """The Qwen tiny model's tokenizer corpus plus Gemma's role words."""
-    return [*base_corpus(), " ".join(ROLE_WORDS), " ".join(ROLE_WORDS).capitalize()]
+def gemma_tokenizer_corpus() -> list[str]:
+    """Text the byte-level BPE is trained on: words, role words, JSON punctuation and numbers."""
+    rng = random.Random(0)
+    words = [*WORDS, *ROLE_WORDS]
+    lines = [" ".join(words), " ".join(w.capitalize() for w in words), " ".join(KEYS)]
+    for _ in range(3000):
+        lat, lon = round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)
+        lines.append(json.dumps({"answer": {"coordinates": {"latitude": lat, "longitude": lon}}}))
+    lines.append("0123456789 -+.,:;{}[]()\"'_/ \n")
+    return lines
 
 
-def build_tokenizer(vocab_size: int = 1024) -> Any:
+def build_gemma_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE trained here, with Gemma's special tokens and chat template.
 
     It adds no ``<bos>`` by itself (the chat template and LLaMA-Factory's gemma3 template write
@@ -134,7 +140,7 @@ def build_tokenizer(vocab_size: int = 1024) -> Any:
         special_tokens=BASE_SPECIAL_TOKENS,  # ids 0-3, as in Gemma
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(gemma_tokenizer_corpus(), trainer=trainer)
     tok.add_special_tokens([*TURN_TOKENS, *IMAGE_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -151,7 +157,7 @@ def build_tokenizer(vocab_size: int = 1024) -> Any:
         },
         model_max_length=4096,
         padding_side="right",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=GEMMA_CHAT_TEMPLATE,
     )
 
 
@@ -171,17 +177,18 @@ def _gemma_chat_turn(image_turns: float) -> Any:
     return turn
 
 
-def pretrain_text(
+def pretrain_gemma_text(
     model: Any,
     tokenizer: Any,
     steps: int,
     seed: int,
-    seq_len: int = 256,
-    batch: int = 12,
+    seq_len: int = 96,
+    batch: int = 32,
     lr: float = 3e-3,
     threads: int | None = 1,
     image_turns: float = 0.0,
     image_noise: bool = False,
+    coordinate_share: float = 0.0,
 ) -> float | None:
     """A few seconds of next-token training of the language model on synthetic text.
 
@@ -197,7 +204,10 @@ def pretrain_text(
     rng = random.Random(seed)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     stream: list[int] = []
-    for line in synthetic_lines(rng, 6000, _gemma_chat_turn(image_turns)):
+    lines = synthetic_lines(
+        rng, 6000, _gemma_chat_turn(image_turns), coordinate_share=coordinate_share
+    )
+    for line in lines:
         stream += [bos, *tokenizer.encode(line, add_special_tokens=False), eos]
     data = torch.tensor(stream[: len(stream) // seq_len * seq_len]).view(-1, seq_len)
     text = model.model.language_model
@@ -241,14 +251,15 @@ def pretrain_text(
     return float(loss.detach())
 
 
-def build(
+def build_gemma(
     out: Path,
     seed: int = 0,
-    vocab_size: int = 1024,
+    vocab_size: int = 512,
     pretrain_steps: int = 600,
     image_embedding_scale: float = 1.0,
     image_turns: float = 0.0,
     image_noise: bool = False,
+    coordinate_share: float = 0.0,
 ) -> Path:
     """Build, pretrain and save the tiny Gemma 3-style model, its tokenizer and processor.
 
@@ -266,8 +277,8 @@ def build(
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    tokenizer = build_gemma_tokenizer(vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIAL_TOKENS}
     n_vocab = len(tokenizer)
 
     hidden, heads, head_dim = 64, 4, 16
@@ -318,13 +329,14 @@ def build(
     model: Any = Gemma3ForConditionalGeneration(config)
     model = model.to(torch.float32)
     pretrain_loss = (
-        pretrain_text(
+        pretrain_gemma_text(
             model,
             tokenizer,
             pretrain_steps,
             seed,
             image_turns=image_turns,
             image_noise=image_noise,
+            coordinate_share=coordinate_share,
         )
         if pretrain_steps
         else None
@@ -353,7 +365,7 @@ def build(
     processor = Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=GEMMA_CHAT_TEMPLATE,
         image_seq_length=MM_TOKENS_PER_IMAGE,
     )
     processor.save_pretrained(out)
@@ -379,4 +391,4 @@ def build(
 def build_tiny_gemma3(out: Path, seed: int = 0) -> Path:
     """The tiny Gemma 3-style model with the settings that learnt the demo's answer format on the
     CPU (LLaMA-Factory ``template: gemma3``). Returns ``out``."""
-    return build(out, seed=seed, image_turns=0.5)
+    return build_gemma(out, seed=seed, image_turns=0.5, coordinate_share=0.2)

@@ -13,15 +13,9 @@ Built by the workflow rule ``build_tiny_model`` (see :func:`build_tiny_model`).
 from __future__ import annotations
 
 import json
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel
-
-from geolocsft.captions.schema import Coordinates, GeoCaption
 
 # Special tokens of the Qwen2-VL family, in the order they get their ids (right after the
 # trained vocabulary). The processor and LLaMA-Factory's qwen2_vl template look them up by text.
@@ -75,51 +69,16 @@ _WORDS_TEXT = (
     "assessment confirmed decisive features from recorded position thinking scale about km "
     "true false null"
 )
-# The vocabulary of geo-captions (what a photo's terrain, roads, buildings and plants look like):
-# a real base model knows these English words; the tiny one learns them while it is pretrained.
-_GEO_WORDS_TEXT = (
-    "rolling flat lowland upland plain plateau valley river stream canal lake coast shore cliff "
-    "dune desert steppe savanna tundra glacier snow ice rock sand soil loamy clay brown red "
-    "temperate tropical arid humid dry wet mediterranean continental alpine oceanic overcast "
-    "sunny cloudy rain fog dense sparse suburban urban rural settlement farmland pasture "
-    "vineyard orchard plantation crops wheat rice maize smooth rough asphalt concrete gravel "
-    "cobbles dirt paved unpaved repair cracked good poor dashed solid centre center line lines "
-    "edge yellow double single none visible guardrail guardrails steel wooden metal lamp lamps "
-    "posts pole poles post one two both side sides kerbs curbs kerb curb gutters ditch ditches "
-    "drainage deciduous evergreen coniferous pine oak plane palm birch eucalyptus likely mown "
-    "grass verges shrubs hedges regularly maintained wild overgrown storey two-storey houses "
-    "apartment blocks pitched flat tile tiles roofs roof terracotta timber facades windows "
-    "balconies left-hand right-hand drive driving cars trucks buses scooters motorcycles traffic "
-    "plates licence license northern southern eastern western central germany france italy spain "
-    "japan brazil style design stand-in within few kilometres kilometers architecture markings "
-    "signage language script features confirmed assessment country state province town"
-)
-GEO_WORDS = _GEO_WORDS_TEXT.split()
-WORDS = [*_WORDS_TEXT.split(), *(w for w in GEO_WORDS if w not in _WORDS_TEXT.split())]
+WORDS = _WORDS_TEXT.split()
 
 
-def _caption_keys() -> list[str]:
-    """Every key of the geo-caption JSON, as the caption schema names them."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.get("properties", {}).items():
-                if key not in found:
-                    found.append(key)
-                walk(value)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(GeoCaption.model_json_schema(by_alias=True))
-    return found
-
-
-CAPTION_KEYS = _caption_keys()
-KEYS = [*WORDS, *(k for k in CAPTION_KEYS if k not in WORDS)]
+KEYS = [
+    *WORDS,
+    "final_location_confirmation",
+    "accuracy_assessment",
+    "confirmed_location",
+    "decisive_features",
+]
 LAT_LON = ("latitude", "longitude")
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -133,39 +92,8 @@ def tokenizer_corpus() -> list[str]:
     for _ in range(3000):
         lat, lon = round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)
         lines.append(json.dumps({"answer": {"coordinates": {"latitude": lat, "longitude": lon}}}))
-    for _ in range(2000):  # caption-shaped JSON, so that its keys become tokens
-        keys = rng.sample(CAPTION_KEYS, 4)
-        value = {k: " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for k in keys}
-        lines.append(json.dumps(value, separators=(", ", ": ")))
     lines.append("0123456789 -+.,:;{}[]()\"'_/ \n")
     return lines
-
-
-def schema_shaped(model: type[BaseModel], rng: Any, prose: Any) -> dict[str, Any]:
-    """A JSON object shaped like a pydantic model (its keys by alias, in order) with random
-    prose values, leaving out every coordinates object: what a base model's general JSON
-    competence looks like for the geo-caption, without ever answering with a position."""
-    value: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        kind = info.annotation
-        if kind is Coordinates:
-            continue
-        key = info.serialization_alias or info.alias or name
-        options = [a for a in typing.get_args(kind) if a is not type(None)]
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):
-            kind = options[0]
-        if typing.get_origin(kind) is list:
-            (item,) = typing.get_args(kind)
-            count = rng.randint(1, 3)
-            if isinstance(item, type) and issubclass(item, BaseModel):
-                value[key] = [schema_shaped(item, rng, prose) for _ in range(count)]
-            else:
-                value[key] = [prose(1, 4) for _ in range(count)]
-        elif isinstance(kind, type) and issubclass(kind, BaseModel):
-            value[key] = schema_shaped(kind, rng, prose)
-        else:
-            value[key] = prose(2, 8)
-    return value
 
 
 def _qwen_chat_turn(rng: Any, user: str, answer: str) -> str:
@@ -177,12 +105,20 @@ def _qwen_chat_turn(rng: Any, user: str, answer: str) -> str:
 
 
 def synthetic_lines(
-    rng: Any, n: int, chat_turn: Callable[[Any, str, str], str] = _qwen_chat_turn
+    rng: Any,
+    n: int,
+    chat_turn: Callable[[Any, str, str], str] = _qwen_chat_turn,
+    coordinate_share: float = 0.0,
+    words: list[str] = WORDS,
+    keys: list[str] = KEYS,
 ) -> list[str]:
     """Synthetic text a tiny 'pretrained' LM knows: prose with names, chat turns answered in
     prose (``chat_turn(rng, user, answer)`` writes one in the family's format), generic JSON
-    (nested objects, numbers with 1-6 decimals, short strings) and JSON shaped like a
-    geo-caption without its coordinates (:func:`schema_shaped`).
+    (nested objects, numbers with 1-6 decimals, short strings; a latitude within +-90, a
+    longitude within +-180) and, as ``coordinate_share`` of the lines, how a latitude or a
+    longitude is written (one of them, alone or in an ``answer.coordinates`` object): the
+    world knowledge a real base model brings, which makes the fine-tuned tiny model's numbers
+    valid coordinates far more reliably.
 
     Every word of WORDS/KEYS appears (an LM head row never trained is pushed down so far that
     LoRA cannot bring its token back), but latitude and longitude never appear in the same
@@ -194,10 +130,10 @@ def synthetic_lines(
         return "".join(rng.choice(NAME_CHARS) for _ in range(rng.randint(3, 9))).capitalize()
 
     def prose(lo: int, hi: int) -> str:
-        words = [
-            name() if rng.random() < 0.15 else rng.choice(WORDS) for _ in range(rng.randint(lo, hi))
+        chosen = [
+            name() if rng.random() < 0.15 else rng.choice(words) for _ in range(rng.randint(lo, hi))
         ]
-        return " ".join(words) + rng.choice([".", ",", " (" + rng.choice(WORDS) + ")."])
+        return " ".join(chosen) + rng.choice([".", ",", " (" + rng.choice(words) + ")."])
 
     def value(depth: int) -> Any:
         r = rng.random()
@@ -212,7 +148,23 @@ def synthetic_lines(
         return rng.randint(-99, 99)
 
     def obj(depth: int) -> dict[str, Any]:
-        return {k: value(depth) for k in rng.sample(KEYS, rng.randint(1, 3))}
+        # What a base model knows of the world: a latitude lies within +-90, a longitude +-180.
+        ranges = {"latitude": 90.0, "longitude": 180.0}
+        return {
+            k: round(rng.uniform(-ranges[k], ranges[k]), rng.randint(1, 6))
+            if k in ranges and rng.random() < 0.8
+            else value(depth)
+            for k in rng.sample(keys, rng.randint(1, 3))
+        }
+
+    def one_coordinate() -> dict[str, Any]:
+        """How a latitude or a longitude is written, one of them, alone or inside an answer."""
+        key = rng.choice(LAT_LON)
+        limit = 90.0 if key == "latitude" else 180.0
+        value: dict[str, Any] = {key: round(rng.uniform(-limit, limit), rng.randint(4, 6))}
+        if rng.random() < 0.5:
+            value = {"answer": {"coordinates": value}}
+        return value
 
     lines: list[str] = []
     while len(lines) < n:
@@ -221,8 +173,8 @@ def synthetic_lines(
             line = prose(4, 14)
         elif kind < 0.5:  # a chat turn answered in prose: what the untrained model does
             line = chat_turn(rng, prose(3, 10), prose(3, 12))
-        elif kind < 0.7:
-            line = json.dumps(schema_shaped(GeoCaption, rng, prose))
+        elif kind < 0.5 + coordinate_share:
+            line = json.dumps(one_coordinate())
         else:
             line = json.dumps(obj(0))
         if all(w in line for w in LAT_LON):
@@ -232,7 +184,13 @@ def synthetic_lines(
 
 
 def pretrain_text(
-    model: Any, tokenizer: Any, steps: int, seed: int, seq_len: int = 256, batch: int = 12
+    model: Any,
+    tokenizer: Any,
+    steps: int,
+    seed: int,
+    seq_len: int = 96,
+    batch: int = 32,
+    coordinate_share: float = 0.0,
 ) -> float | None:
     """A few seconds of next-token training on synthetic text (no images, no chat turns).
 
@@ -248,7 +206,8 @@ def pretrain_text(
     rng = random.Random(seed)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     stream: list[int] = []
-    for line in synthetic_lines(rng, 6000):
+    lines = synthetic_lines(rng, 6000, coordinate_share=coordinate_share)
+    for line in lines:
         stream += [*tokenizer.encode(line, add_special_tokens=False), eot]
     data = torch.tensor(stream[: len(stream) // seq_len * seq_len]).view(-1, seq_len)
     text = model.model.language_model
@@ -318,11 +277,12 @@ def build_tokenizer(vocab_size: int) -> Any:
 def build(
     out: Path,
     seed: int = 0,
-    vocab_size: int = 1024,
+    vocab_size: int = 512,
     max_pixels: int = 64 * 28 * 28,
     head_std: float = 0.5,
     vision_scale: float = 1.0,
     pretrain_steps: int = 0,
+    coordinate_share: float = 0.0,
 ) -> Path:
     import torch
     from transformers import (
@@ -392,7 +352,9 @@ def build(
         last.weight.mul_(vision_scale)
         last.bias.mul_(vision_scale)
     pretrain_loss = (
-        pretrain_text(model, tokenizer, pretrain_steps, seed) if pretrain_steps else None
+        pretrain_text(model, tokenizer, pretrain_steps, seed, coordinate_share=coordinate_share)
+        if pretrain_steps
+        else None
     )
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
@@ -444,4 +406,4 @@ def build(
 
 def build_tiny_model(out: Path, seed: int = 0) -> Path:
     """The tiny model with the settings that learnt the demo's answer format on the CPU."""
-    return build(out, seed=seed, head_std=0.02, pretrain_steps=600)
+    return build(out, seed=seed, head_std=0.02, pretrain_steps=600, coordinate_share=0.2)
