@@ -162,6 +162,7 @@ rule sft_token_counts:
     conda:
         "../envs/train.yaml"
     params:
+        dataset_json=lambda wildcards: run_dataset_json(wildcards.run),
         image_max_pixels=lambda wildcards: SFT_RUNS[wildcards.run]["image_max_pixels"],
         parts=PARTS,
         memo_dir=MEMO_DIR,
@@ -193,6 +194,7 @@ rule sft_token_stats:
     conda:
         "../envs/train.yaml"
     params:
+        dataset_json=lambda wildcards: run_dataset_json(wildcards.run),
         # Only what shapes the counts and their summary (on_truncation is applied by sft_train).
         image_max_pixels=lambda wildcards: SFT_RUNS[wildcards.run]["image_max_pixels"],
         cutoff_len=lambda wildcards: SFT_RUNS[wildcards.run]["cutoff_len"],
@@ -232,6 +234,7 @@ rule sft_train:
     params:
         # Every setting that shapes the model, and nothing else: SLURM resources, prediction
         # settings, evaluate_on or on_truncation never make it retrain.
+        dataset_json=lambda wildcards: run_dataset_json(wildcards.run),
         settings=lambda wildcards: training_settings(wildcards.run),
         run_dir=lambda wildcards: f"results/train/{wildcards.run}",
         code=code_of_script("sft_train"),

@@ -47,9 +47,17 @@ def run_dataset_dir(name):
 
 
 def run_dataset(wildcards):
-    return dataset_files(
-        run_dataset_dir(wildcards.run), SFT_RUNS[wildcards.run]["dataset"]
-    )
+    """The dataset inputs of a run's jobs: the dataset's files, or for a pinned run its snapshot
+    folder (a directory output: Snakemake matches the folder, not the files in it)."""
+    run = SFT_RUNS[wildcards.run]
+    if run["retrain_when_dataset_changes"]:
+        return dataset_files(run_dataset_dir(wildcards.run), run["dataset"])
+    return {"snapshot": run_dataset_dir(wildcards.run)}
+
+
+def run_dataset_json(name):
+    """The dataset JSON a run trains on (a param: the path, not the content)."""
+    return f"{run_dataset_dir(name)}/{SFT_RUNS[name]['dataset']}.json"
 
 
 def training_settings(name):

@@ -13,7 +13,7 @@ from geolocsft.workflow import run_script
 
 
 def main(smk) -> None:
-    dataset_json = Path(smk.input.json)
+    dataset_json = Path(smk.params.dataset_json)
     lengths = token_lengths(
         dataset_json,
         media_dir=dataset_json.parent,  # image paths are relative to the dataset folder

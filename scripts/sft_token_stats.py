@@ -18,7 +18,7 @@ from geolocsft.workflow import run_script
 
 def main(smk) -> None:
     name = smk.wildcards.run
-    dataset_json = Path(smk.input.json)
+    dataset_json = Path(smk.params.dataset_json)
     parts = list(smk.input.parts)
     if parts:  # counted by the part jobs
         lengths = pl.concat([pl.read_parquet(p) for p in parts]).sort("index")

@@ -18,7 +18,7 @@ def main(smk) -> None:
     adapter = train(
         run,
         model_path=Path(smk.input.model).resolve(),
-        dataset_dir=Path(smk.input.json).parent.resolve(),
+        dataset_dir=Path(smk.params.dataset_json).parent.resolve(),
         run_dir=run_dir.resolve(),
         deepspeed_dir=Path(smk.input.deepspeed).resolve(),
         code=smk.params.code,

@@ -202,7 +202,7 @@ def test_a_pinned_run_stays_pinned_but_retrains_when_its_own_settings_change(fin
     assert len(grown) == len(samples) + 1  # the pinned run still trains on its snapshot
 
 
-def test_parts_split_media_and_token_counts_into_part_jobs_and_a_gather(tmp_path):
+def test_fresh_plans_of_parts_and_of_a_pinned_run(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     one = planned_jobs(workdir)
     assert "sft_media" not in one and "sft_token_counts" not in one  # parts: 1, one job each
@@ -212,3 +212,7 @@ def test_parts_split_media_and_token_counts_into_part_jobs_and_a_gather(tmp_path
     three = planned_jobs(workdir, "--configfile", str(parts))
     assert three["sft_media"] == 3 and three["sft_token_counts"] == 3, three
     assert three["sft_dataset"] == 1 and three["sft_token_stats"] == 1, three
+    # A pinned run on a fresh workflow: its snapshot is made once, from the dataset.
+    set_run(workdir, retrain_when_dataset_changes=False)
+    pinned = planned_jobs(workdir)
+    assert pinned["sft_pin_dataset"] == 1 and pinned["sft_train"] == 1, pinned

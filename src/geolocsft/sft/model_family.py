@@ -17,20 +17,17 @@ from geolocsft.errors import GeolocsftError
 
 #: Tiny models built locally (rule build_tiny_model): run ``model`` name -> family.
 TINY_MODELS = {"tiny": "qwen2vl", "tiny-qwen2vl": "qwen2vl", "tiny-gemma3": "gemma3"}
-#: config.json ``model_type`` -> LLaMA-Factory template, for runs with ``template: null``.
+#: config.json ``model_type`` -> LLaMA-Factory template, for runs with ``template: null``. Only
+#: types that name one template (LLaMA-Factory 0.9.5, ``register_model_group``): ``qwen3_vl``
+#: (``qwen3_vl`` for Thinking, ``qwen3_vl_nothink`` for Instruct), ``llava*``, ``paligemma`` and
+#: ``mistral3`` depend on the checkpoint, so such a run must set ``template`` itself.
 TEMPLATES = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
-    "qwen3_vl": "qwen3_vl",
-    "qwen3_vl_moe": "qwen3_vl",
     "gemma3": "gemma3",
     "gemma3n": "gemma3n",
-    "llava": "llava",
     "mllama": "mllama",
-    "paligemma": "paligemma",
-    "pixtral": "pixtral",
     "internvl": "intern_vl",
-    "minicpmv": "minicpm_v",
 }
 
 
