@@ -92,14 +92,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of the job")
+    parser.add_argument("--only", help="run only the launches whose label contains this")
+    parser.add_argument("--workdir", type=Path, help="keep models, runs and logs here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = args.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         model = build(root / "model", pretrain_steps=0)
         data = dataset(root, args.samples)
         print("| launch | steps | steps/s (median) | samples/s (median) | wall s (median) |")
         print("|---|---:|---:|---:|---:|")
         for label, changes in LAUNCHES.items():
+            if args.only and args.only not in label:
+                continue
             steps_per_s, samples_per_s, walls, steps = [], [], [], 0
             for repeat in range(args.repeats):
                 run = RunSettings.from_config(
@@ -116,7 +121,8 @@ def main() -> None:
                         **changes,
                     },
                 )
-                run_dir = root / f"run-{len(walls)}-{repeat}-{label[:3]}"
+                tag = "".join(c for c in label[:3] if c.isalnum())
+                run_dir = root / f"run-{tag}-{repeat}"
                 start = time.perf_counter()
                 adapter = train(
                     run,
@@ -125,7 +131,7 @@ def main() -> None:
                     run_dir=run_dir,
                     deepspeed_dir=REPO / "config" / "deepspeed",
                     code="benchmark",
-                    log_path=root / "train.log",
+                    log_path=root / f"train-{tag}-{repeat}.log",
                     threads=args.threads,
                 )
                 walls.append(time.perf_counter() - start)

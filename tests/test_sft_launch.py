@@ -71,6 +71,8 @@ def test_cpu_runs_refuse_gpu_only_settings_unless_they_target_the_cpu():
     assert on_purpose.device == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""
     assert env["DS_ACCELERATOR"] == "cpu" and env["FORCE_TORCHRUN"] == "1"
     assert env["NPROC_PER_NODE"] == "2" and env["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(GeolocsftError, match="space in its path"):
+        launch(gpus=2, config=Path("/my runs/r/llamafactory_train.yaml"))
     cpu_ddp = node_environment(launch(gpus=2), {})  # auto on a CPU machine: 2 CPU processes
     assert cpu_ddp["FORCE_TORCHRUN"] == "1" and cpu_ddp["NPROC_PER_NODE"] == "2"
 

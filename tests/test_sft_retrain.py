@@ -193,7 +193,8 @@ def test_a_pinned_run_stays_pinned_but_retrains_when_its_own_settings_change(fin
     set_run(workdir, learning_rate=3.0e-3)
     plan = planned_jobs(workdir)
     assert plan.get("sft_train") == 1 and plan.get("sft_dataset") == 1, plan
-    snakemake(workdir, "--until", "sft_train")
+    snakemake(workdir, "--until", "sft_train", "sft_dataset")
+    assert "resuming" not in train_log(workdir)
     assert adapter_bytes(workdir) != pinned
     samples = json.loads(
         (workdir / "results/train" / RUN / "dataset" / "geocaptions.json").read_text()

@@ -121,13 +121,19 @@ def plan_launch(
             f"{where}: gpus: {gpus} per node, but torch sees only {gpus_here} GPU(s) on this "
             "node; lower gpus or ask SLURM for more (sft.runs.<run>.slurm)"
         )
+    torchrun = gpus > 1 or nodes > 1 or deepspeed
+    if torchrun and any(c.isspace() for c in str(config)):
+        raise GeolocsftError(
+            f"{where}: {config} has a space in its path, and LLaMA-Factory's torchrun launch "
+            "splits its command line on spaces; run the workflow from a folder without spaces"
+        )
     return Launch(
         config=str(config),
         processes_per_node=gpus,
         nodes=nodes,
         device=resolved,
         deepspeed=deepspeed,
-        torchrun=gpus > 1 or nodes > 1 or deepspeed,
+        torchrun=torchrun,
         threads=max(1, threads),
     )
 
