@@ -10,7 +10,12 @@ Layout::
 
     <root>/responses/<k[:2]>/<key>.json      the valid answer for a key (one per key)
     <root>/failures/<k[:2]>/<key>/<n>.json   every answer that failed validation, with why
+    <root>/permanent/<k[:2]>/<key>.json      an image that cannot get a caption (a safety block,
+                                             invalid answers up to max_attempts, truncated twice)
+                                             with every attempt's reason: not asked again unless
+                                             captions.retry_failed is true
     <root>/batches/<name>.json               Gemini batch jobs in flight (resumable)
+    <root>/imports/<time>.csv                reports of ``geolocsft captions import``
 """
 
 from __future__ import annotations
@@ -73,6 +78,29 @@ class ResponseStore:
         if path.exists():
             return
         atomic_write_json(path, dict(record))
+
+    def stamp(self, key: str) -> str | None:
+        """Identifies the stored answer's file (inode and modification time), or None: a memo
+        of what was built from it is valid while the stamp is the same."""
+        try:
+            info = self._response_path(key).stat()
+        except FileNotFoundError:
+            return None
+        return f"{info.st_ino}:{info.st_mtime_ns}"
+
+    def _permanent_path(self, key: str) -> Path:
+        return self.root / "permanent" / key[:2] / f"{key}.json"
+
+    def get_permanent(self, key: str) -> dict[str, Any] | None:
+        """The permanent failure recorded for ``key``, or ``None``."""
+        try:
+            return json.loads(self._permanent_path(key).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def put_permanent(self, key: str, record: Mapping[str, Any]) -> None:
+        """Record that ``key`` cannot get a caption (replacing an earlier record)."""
+        atomic_write_json(self._permanent_path(key), dict(record))
 
     def put_failure(self, key: str, record: Mapping[str, Any]) -> Path:
         """Keep a response that failed validation (raw text and reason) next to its key."""
