@@ -29,10 +29,11 @@ from geolocsft.captions.prompts import PromptTemplate
 from geolocsft.captions.requests import RunnerSettings, mime_type_and_bytes
 from geolocsft.captions.runner import caption_images
 from geolocsft.captions.schema import GeoCaption, ModelGeoCaption, response_json_schema
+from geolocsft.captions.stage import run_stage
 from geolocsft.captions.store import ResponseStore, response_key
 from geolocsft.captions.validate import ContentError, parse_caption
 from geolocsft.errors import GeolocsftError
-from geolocsft.settings import configured
+from geolocsft.settings import configured, with_defaults
 from geolocsft.testing.standin import Standin, StandinState, caption_for
 
 API_KEY = "test-key-0123456789-do-not-leak"
@@ -725,3 +726,80 @@ def test_a_batch_job_outlives_its_run_and_is_resumed_not_resubmitted(tmp_path):
         _, summary = run(items, batch_backend(standin.url), tmp_path, batch_poll_s=0.05)
         assert len(state.batches) == 1 and state.requests == 3
     assert summary["captioned"] == 3
+
+
+# -- the stage: a failed job keeps every success, a plain rerun retries exactly the rest ----------
+
+
+def write_manifest(items: list[CaptionItem], path: Path) -> Path:
+    pl.DataFrame(
+        {
+            "image_id": [i.image_id for i in items],
+            "path": [str(i.path) for i in items],
+            "sha256": [i.sha256 for i in items],
+            "lat": [i.lat for i in items],
+            "lon": [i.lon for i in items],
+            "split": ["train"] * len(items),
+        }
+    ).write_parquet(path)
+    return path
+
+
+def stage(tmp_path: Path, manifest: Path, url: str, **captions) -> dict:
+    config = with_defaults(
+        "captions",
+        {
+            "backend": "gemini",
+            "store": str(tmp_path / "store"),
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.02,
+            "gemini": {"base_url": url},
+            **captions,
+        },
+    )
+    out = tmp_path / "out"
+    return run_stage(
+        manifest,
+        PROMPT,
+        config,
+        out / "captions",
+        out / "index.csv",
+        out / "summary.json",
+        progress=False,
+        memo_dir=tmp_path / "memo",
+        failures_path=tmp_path / "logs" / "failures.csv",
+    )
+
+
+def test_a_job_with_transient_failures_stores_every_success_then_fails(tmp_path, caplog):
+    items = make_items(tmp_path / "img", 6)
+    manifest = write_manifest(items, tmp_path / "manifest.parquet")
+    unlucky = {sent_image_hash(items[1]), sent_image_hash(items[4])}
+    blocked = sent_image_hash(items[2])
+
+    def fault(image: str, number: int) -> str | None:
+        return "503" if image in unlucky else "blocked" if image == blocked else None
+
+    state = StandinState(fault_for=fault)
+    with Standin(state) as standin:
+        with pytest.raises(GeolocsftError) as excinfo:
+            stage(tmp_path, manifest, standin.url, max_transient_retries=1)
+        message = str(excinfo.value)
+        assert "\n" not in message
+        assert "2 of 6 images have no caption" in message and "server_error 2" in message
+        assert str(tmp_path / "logs" / "failures.csv") in message
+        assert "1 images failed permanently" in message
+        assert "failed permanently (blocked 1)" in caplog.text  # the WARNING line
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["captioned"] == 3 and summary["unresolved"] == 2
+        listed = pl.read_csv(tmp_path / "logs" / "failures.csv")
+        assert sorted(set(listed["image_id"])) == ["img001", "img002", "img004"]
+        assert listed.height == 2 * 2 + 1  # two attempts each, one for the block
+        assert len(list((tmp_path / "store" / "responses").rglob("*.json"))) == 3
+        # A plain rerun: exactly the two images again (the block is not resent).
+        before = state.requests
+        state.fault_for = None
+        summary = stage(tmp_path, manifest, standin.url)
+        assert state.requests - before == 2
+    assert summary["captioned"] == 5 and summary["permanent_failures"] == 1
+    assert summary["new_from_api"] == 2 and summary["from_store"] == 3

@@ -10,10 +10,11 @@ their send times, and a server window of arrival times still holds at most ``R``
 scatter by less than ``window * margin / (1 - margin)`` (3.2 s for a minute and 5%).
 
 Tokens are reserved before sending (an upper bound: the prompt estimate plus the output limit)
-and settled with the real usage when the answer says it; a sliding-window sum of the reserved
-or settled costs (kept incrementally) is a hard guard on top of the pacing, so returned credit
-can never push a window over its budget. Every operation is O(1) amortized: each reservation
-enters and leaves the window once.
+and settled with the real usage when the answer says it. The pace follows what requests really
+use (a moving average of used / reserved), and a sliding-window sum of the costs (reserved until
+settled, kept incrementally) is a hard guard on top of it, so no window ever holds more than the
+budget of reserved-or-used tokens. Every operation is O(1) amortized: each reservation enters
+and leaves the window once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geolocsft.errors import GeolocsftError
+
+_EPSILON_S = 1e-6
 
 
 class _Entry:
@@ -48,6 +51,9 @@ class _Pace:
         self.tat = -math.inf  # when the bucket is empty again (GCRA's theoretical arrival time)
         self.entries: collections.deque[_Entry] = collections.deque()
         self.in_window = 0.0
+        #: what requests really use, as a share of what they reserve (a moving average):
+        #: the pace follows real usage while the window guard counts the reservations
+        self.used_share = 1.0
 
     def earliest(self, at: float, cost: float) -> float:
         """The first time >= ``at`` at which ``cost`` units may leave. Times asked for never
@@ -59,32 +65,41 @@ class _Pace:
             )
         at = max(at, self.tat)
         self._drop_before(at)
-        while self.in_window + cost > self.budget:
-            oldest = self.entries[0]
-            at = max(at, oldest.at + self.window_s)
-            self._drop_before(at)
+        while self.in_window + cost > self.budget and self.entries:
+            # Wait until the oldest reservation has left the window (a hair after, so that
+            # float rounding never counts it in again).
+            oldest = self._pop()
+            at = max(at, oldest.at + self.window_s + _EPSILON_S)
+        if not self.entries:
+            self.in_window = 0.0  # no drift from many additions and subtractions
         return at
+
+    def _pop(self) -> _Entry:
+        entry = self.entries.popleft()
+        entry.in_window = False
+        self.in_window -= entry.cost
+        return entry
 
     def _drop_before(self, at: float) -> None:
         while self.entries and self.entries[0].at <= at - self.window_s:
-            entry = self.entries.popleft()
-            entry.in_window = False
-            self.in_window -= entry.cost
+            self._pop()
 
     def commit(self, at: float, cost: float) -> _Entry:
-        self.tat = max(at, self.tat) + cost * self.seconds_per_unit
+        self.tat = max(at, self.tat) + cost * self.used_share * self.seconds_per_unit
         entry = _Entry(at, cost)
         self.entries.append(entry)
         self.in_window += cost
         return entry
 
     def settle(self, entry: _Entry, cost: float) -> None:
-        """Replace a reservation by what was really used (credit or debit)."""
+        """Replace a reservation by what was really used, in the window and in the pace."""
+        if entry.cost > 0:
+            share = min(max(cost / entry.cost, 0.05), 1.0)
+            self.used_share += 0.1 * (share - self.used_share)
         delta = cost - entry.cost
         entry.cost = cost
         if entry.in_window:
             self.in_window += delta
-        self.tat += delta * self.seconds_per_unit
 
 
 @dataclass
