@@ -6,6 +6,7 @@ Nothing is mocked here but the remote API itself, which cannot be reached from t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -660,7 +661,7 @@ caption_images(items, backend, ResponseStore(workdir / "store"), PromptTemplate.
 def test_resume_after_kill_9_repeats_no_finished_image(tmp_path):
     items = make_items(tmp_path / "img", 12)
     (tmp_path / "items.json").write_text(
-        json.dumps([{**i.__dict__, "path": str(i.path)} for i in items])
+        json.dumps([{**dataclasses.asdict(i), "path": str(i.path)} for i in items])
     )
     state = StandinState(latency_s=0.25)
     with Standin(state) as standin:

@@ -43,7 +43,7 @@ CAPTION_FILE_FORMAT = "caption-file-2"
 CAPTION_SUFFIX = ".json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CaptionItem:
     """One manifest image to caption."""
 

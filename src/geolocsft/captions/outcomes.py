@@ -52,7 +52,7 @@ FAILURES_SCHEMA = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One request that did not give a caption: its reason and what the server said."""
 
@@ -63,7 +63,7 @@ class Attempt:
         return {"reason": self.reason, "detail": self.detail}
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """One image's result in a run."""
 

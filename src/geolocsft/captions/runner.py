@@ -53,6 +53,9 @@ from geolocsft.errors import GeolocsftError
 
 log = logging.getLogger(__name__)
 
+#: Requests scheduled at once (each waits for the concurrency limit and its send time).
+GATHER_CHUNK = 4096
+
 
 class CaptionRun:
     """Caption ``items`` with ``backend`` into ``out_dir`` (one JSON file per image)."""
@@ -217,7 +220,11 @@ class CaptionRun:
                 batch = BatchRun(self.requester)
                 fresh = await batch.run([(item, key) for _, item, key in pending])
             else:
-                fresh = await asyncio.gather(*(one(item, key) for _, item, key in pending))
+                # In chunks, so a million pending images are not a million tasks at once.
+                fresh = []
+                for start in range(0, len(pending), GATHER_CHUNK):
+                    chunk = pending[start : start + GATHER_CHUNK]
+                    fresh += await asyncio.gather(*(one(item, key) for _, item, key in chunk))
         finally:
             bar.close()
             self.folder.save()
