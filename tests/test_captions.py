@@ -31,7 +31,7 @@ from geolocsft.captions.requests import RunnerSettings, mime_type_and_bytes
 from geolocsft.captions.runner import caption_images
 from geolocsft.captions.schema import GeoCaption, ModelGeoCaption, response_json_schema
 from geolocsft.captions.stage import run_stage
-from geolocsft.captions.store import ResponseStore, response_key
+from geolocsft.captions.store import ResponseStore, key_maker, response_key
 from geolocsft.captions.validate import ContentError, parse_caption
 from geolocsft.errors import GeolocsftError
 from geolocsft.settings import configured, with_defaults
@@ -183,6 +183,8 @@ def test_store_key_changes_with_everything_that_shapes_the_answer():
     }
     key = response_key(**base)
     assert response_key(**base) == key
+    rest = {k: v for k, v in base.items() if k != "image_sha256"}
+    assert key_maker(**rest)(base["image_sha256"]) == key  # the fast path, for many images
     for field, value in [
         ("image_sha256", "c" * 64),
         ("prompt_sha256", "d" * 64),

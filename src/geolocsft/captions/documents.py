@@ -19,8 +19,11 @@ Readers go through :func:`read_caption` (which also reads files of the earlier s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,11 +38,11 @@ from geolocsft.captions.schema import CAPTION_SCHEMA_VERSION, GeoCaption, captio
 from geolocsft.codegraph import module_code_version
 from geolocsft.geo import haversine_km
 from geolocsft.io import atomic_write_bytes, json_bytes
-from geolocsft.layout import item_path, item_relpath
+from geolocsft.layout import item_path, shard_of
 from geolocsft.memo import BlobStore, ItemTable, memo_version
 
 #: The shape of a caption file (bump when caption_document changes what it writes).
-CAPTION_FILE_FORMAT = "caption-file-2"
+CAPTION_FILE_FORMAT = "caption-file-3"
 CAPTION_SUFFIX = ".json"
 
 
@@ -48,7 +51,8 @@ class CaptionItem:
     """One manifest image to caption."""
 
     image_id: str
-    path: Path
+    #: the image file (a string from a manifest: a Path per image is costly at a million)
+    path: Path | str
     sha256: str
     lat: float
     lon: float
@@ -67,7 +71,7 @@ def caption_items(rows: pl.DataFrame, with_place: bool = True) -> list[CaptionIt
         else [None] * count
     )
     return [
-        CaptionItem(image_id, Path(path), sha256, lat, lon, place)
+        CaptionItem(image_id, path, sha256, lat, lon, place)
         for image_id, path, sha256, lat, lon, place in zip(
             rows["image_id"].to_list(),
             rows["path"].to_list(),
@@ -169,8 +173,10 @@ def _sorted(value: Any) -> Any:
 
 
 def document_bytes(document: dict[str, Any]) -> bytes:
-    """A caption file's bytes (fields in the order written, the paper's order in the caption)."""
-    return json_bytes(document, sort_keys=False)
+    """A caption file's bytes: one line of JSON (an indented dump goes through Python's slow
+    encoder, five times the cost of the rest of a rebuild), fields in the order written, the
+    paper's order in the caption."""
+    return json_bytes(document, indent=None, sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,12 @@ class CaptionFolder:
         self._records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._shards: set[str] = set()
+        self._root = str(out_dir)
+        self._blob_root = ""
+        if self.blobs is not None:
+            self._blob_root = str(self.blobs.root)
+            probe = "0" * 64
+            assert self._blob_path(probe) == str(self.blobs.path(probe)), "BlobStore layout"
 
     def prepare(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,21 +260,38 @@ class CaptionFolder:
             ).iter_rows()
         }
 
-    def _target(self, image_id: str) -> Path:
-        path = caption_file(self.out_dir, image_id)
-        shard = path.parent.name
+    # A rerun links up to millions of files: the hot path works on strings and os calls, not
+    # pathlib (ten Path objects per file cost more than the link itself).
+
+    def _relpath(self, image_id: str) -> str:
+        return f"{shard_of(image_id)}/{image_id}{CAPTION_SUFFIX}"
+
+    def _target(self, relpath: str) -> str:
+        shard = relpath[:2]
         if shard not in self._shards:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(f"{self._root}/{shard}", exist_ok=True)  # noqa: PTH103 (hot path)
             self._shards.add(shard)
-        return path
+        return f"{self._root}/{relpath}"
+
+    def _blob_path(self, blob: str) -> str:
+        return f"{self._blob_root}/{blob[:2]}/{blob}"
+
+    def _link(self, blob: str, target: str) -> None:
+        try:
+            os.link(self._blob_path(blob), target)
+        except FileExistsError:
+            os.unlink(target)  # noqa: PTH108 (hot path)
+            os.link(self._blob_path(blob), target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(self._blob_path(blob), target)  # another file system
 
     def link(self, image_id: str, memo: _Memo) -> Written:
         """Put a memoized file in place (a hard link to its blob)."""
-        assert self.blobs is not None
-        self.blobs.link(memo.blob, self._target(image_id))
-        return Written(
-            item_relpath(image_id, CAPTION_SUFFIX), memo.flagged, memo.distance_km, memo.origin
-        )
+        relpath = self._relpath(image_id)
+        self._link(memo.blob, self._target(relpath))
+        return Written(relpath, memo.flagged, memo.distance_km, memo.origin)
 
     def write(
         self,
@@ -274,14 +303,15 @@ class CaptionFolder:
         """Write the caption file of a validated answer (and remember its bytes)."""
         document = caption_document(item, caption, stored, self.prompt, self.flag_distance_km)
         data = document_bytes(document)
-        target = self._target(item.image_id)
+        relpath = self._relpath(item.image_id)
+        target = self._target(relpath)
         check = document["check"]
         origin = document["provenance"]["origin"]
         if self.blobs is None:
-            atomic_write_bytes(target, data, fsync=False)
+            atomic_write_bytes(Path(target), data, fsync=False)
         else:
             blob = self.blobs.put(data)
-            self.blobs.link(blob, target)
+            self._link(blob, target)
             record = {
                 "key": memo_key,
                 "blob": blob,
@@ -292,7 +322,7 @@ class CaptionFolder:
             with self._lock:
                 self._records.append(record)
         return Written(
-            item_relpath(item.image_id, CAPTION_SUFFIX),
+            relpath,
             check["flagged"],
             check["answer_distance_km"],
             origin,

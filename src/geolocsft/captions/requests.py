@@ -112,10 +112,10 @@ class RequestCounts:
         self.tokens["total"] += response.total_tokens or 0
 
 
-def mime_type_and_bytes(path: Path, max_side: int) -> tuple[str, bytes]:
+def mime_type_and_bytes(path: Path | str, max_side: int) -> tuple[str, bytes]:
     """The image as the API gets it: 8-bit RGB JPEG, longest side at most ``max_side``."""
     preparation = ImagePreparation(max_side=max_side, max_pixels=None, jpeg_quality=90)
-    return JPEG_MIME_TYPE, prepared_jpeg(path, preparation)
+    return JPEG_MIME_TYPE, prepared_jpeg(Path(path), preparation)
 
 
 def caption_request(

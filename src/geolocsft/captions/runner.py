@@ -47,7 +47,7 @@ from geolocsft.captions.prompts import PromptTemplate
 from geolocsft.captions.ratelimit import RateLimiter
 from geolocsft.captions.requests import Requester, RunnerSettings
 from geolocsft.captions.schema import CAPTION_SCHEMA_VERSION
-from geolocsft.captions.store import ResponseStore, response_key
+from geolocsft.captions.store import ResponseStore, key_maker
 from geolocsft.captions.validate import ContentError, parse_caption, response_from_record
 from geolocsft.errors import GeolocsftError
 
@@ -87,16 +87,20 @@ class CaptionRun:
             backend, store, prompt, settings, self.folder, self.limiter, sleep
         )
         self.outcomes: list[Outcome] = []
+        self._key_makers: dict[str, Callable[[str], str]] = {}
 
     def key(self, item: CaptionItem, schema_version: str = CAPTION_SCHEMA_VERSION) -> str:
-        return response_key(
-            image_sha256=item.sha256,
-            prompt_sha256=self.prompt.sha256,
-            backend=self.backend.name,
-            model=self.backend.model,
-            params=self.backend.identity_params(),
-            schema_version=schema_version,
-        )
+        """The store key of an item's request (in this schema, or an earlier one)."""
+        maker = self._key_makers.get(schema_version)
+        if maker is None:
+            maker = self._key_makers[schema_version] = key_maker(
+                prompt_sha256=self.prompt.sha256,
+                backend=self.backend.name,
+                model=self.backend.model,
+                params=self.backend.identity_params(),
+                schema_version=schema_version,
+            )
+        return maker(item.sha256)
 
     def _from_store(self, item: CaptionItem, key: str) -> Outcome | None:
         """The caption file rebuilt from a stored answer (this schema's, or the earlier one's,

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,41 @@ def response_key(
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
 
 
+def key_maker(
+    *,
+    prompt_sha256: str,
+    backend: str,
+    model: str,
+    params: Mapping[str, Any],
+    schema_version: str,
+) -> Callable[[str], str]:
+    """:func:`response_key` of many images with the same request: a function of the image's
+    sha256 that serialises the rest once (a rerun computes a key for every image)."""
+    marker = "@image_sha256@"
+    text = canonical_json(
+        {
+            "image_sha256": marker,
+            "prompt_sha256": prompt_sha256,
+            "backend": backend,
+            "model": model,
+            "params": dict(params),
+            "schema_version": schema_version,
+        }
+    )
+    head, tail = (part.encode() for part in text.split(f'"{marker}"'))
+
+    def key(image_sha256: str) -> str:
+        return hashlib.sha256(head + json.dumps(image_sha256).encode() + tail).hexdigest()
+
+    return key
+
+
 class ResponseStore:
     """Valid responses by key, plus every failed response kept for audit."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._responses = str(root / "responses")
 
     def _response_path(self, key: str) -> Path:
         return self.root / "responses" / key[:2] / f"{key}.json"
@@ -81,9 +112,10 @@ class ResponseStore:
 
     def stamp(self, key: str) -> str | None:
         """Identifies the stored answer's file (inode and modification time), or None: a memo
-        of what was built from it is valid while the stamp is the same."""
+        of what was built from it is valid while the stamp is the same. (One ``stat`` on a
+        string path: it runs once per image on every rerun.)"""
         try:
-            info = self._response_path(key).stat()
+            info = os.stat(f"{self._responses}/{key[:2]}/{key}.json")  # noqa: PTH116 (hot path)
         except FileNotFoundError:
             return None
         return f"{info.st_ino}:{info.st_mtime_ns}"
