@@ -779,7 +779,9 @@ def rebuild(args: argparse.Namespace, work: Path) -> list[str]:
     manifest = scale_manifest(manifest_path, n)
     config_gemini = stage_config("http://127.0.0.1:9", work / "store", 32)
     config_metadata = {**config_gemini, "backend": "metadata"}
-    fill_store(manifest, config_gemini, work / "store")
+    backends = args.rebuild_backends.split(",")
+    if "gemini" in backends:
+        fill_store(manifest, config_gemini, work / "store")
     print(
         f"{n:,} manifest rows and stored answers made in {time.perf_counter() - started:.0f} s",
         flush=True,
@@ -794,6 +796,8 @@ def rebuild(args: argparse.Namespace, work: Path) -> list[str]:
         ("gemini (answers in the store)", config_gemini),
         ("metadata (offline)", config_metadata),
     ):
+        if config["backend"] not in backends:
+            continue
         memo = work / f"memo-{config['backend']}"
         for state in ("empty", "full", "full"):
             wall, rss = stage_in_child(manifest_path, config, work / "out", memo)
@@ -853,6 +857,9 @@ def main() -> None:
     parser.add_argument("--limiter", action="store_true", help="part 4: limiter cost")
     parser.add_argument("--rebuild", action="store_true", help="part 5: caption files at scale")
     parser.add_argument("--rebuild-images", type=int, default=100_000)
+    parser.add_argument(
+        "--rebuild-backends", default="gemini,metadata", help="comma-separated (gemini,metadata)"
+    )
     parser.add_argument(
         "--only-new", action="store_true", help="skip parts 1 and 2 (throughput, no-op rerun)"
     )

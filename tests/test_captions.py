@@ -410,7 +410,9 @@ def test_requests_per_window_cap_is_respected_end_to_end(tmp_path):
     assert state.requests == 9 and state.rejected_over_cap == 0
     assert state.max_requests_in_window(0.95) <= 4
     gaps = [b - a for a, b in itertools.pairwise(state.times)]
-    assert min(gaps) >= 1 / 4 * 0.9  # evenly spaced, not in bursts
+    # Evenly spaced (one every 1 / 3.8 s), never in bursts; a busy machine delays some sends,
+    # so the next gap can be shorter, never near zero.
+    assert min(gaps) >= 0.5 / 3.8
     assert state.times[-1] - state.times[0] >= 1.9
 
 

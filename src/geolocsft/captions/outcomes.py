@@ -16,7 +16,8 @@ Failures come in three classes:
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class Outcome:
     status: str  # captioned | failed
     source: str  # store | import | api | offline | none
     key: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: Sequence[Attempt] = ()
     flagged: bool | None = None
     distance_km: float | None = None
     failure_class: str | None = None

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Requests scheduled at once (each waits for the concurrency limit and its send time).
 GATHER_CHUNK = 4096
+#: Images whose keys and memo records are looked up at once.
+KNOWN_CHUNK = 100_000
 
 
 class CaptionRun:
@@ -133,42 +135,47 @@ class CaptionRun:
 
     def _known(
         self, items: Sequence[CaptionItem]
-    ) -> tuple[dict[int, Outcome], list[tuple[int, CaptionItem, str]]]:
-        """What needs no request (memo, store, recorded permanent failures), and the rest."""
+    ) -> tuple[list[Outcome | None], list[tuple[int, CaptionItem, str]]]:
+        """What needs no request (memo, store, recorded permanent failures), and the rest.
+
+        In chunks, so the keys and memo records of a million images are never all in memory.
+        """
         paid = self.backend.paid
-        keys = [self.key(item) for item in items]
-        # One stat per image: a memo entry is made from the stored answer's file as it is now.
-        stamps = [self.store.stamp(key) if paid else "" for key in keys]
-        memo_keys = [
-            self.folder.memo_key(item, key, stamp) if stamp is not None else None
-            for item, key, stamp in zip(items, keys, stamps, strict=True)
-        ]
-        memo = self.folder.lookup([k for k in memo_keys if k is not None])
-        known: dict[int, Outcome] = {}
+        known: list[Outcome | None] = [None] * len(items)
         pending = []
-        for position, (item, key, memo_key) in enumerate(zip(items, keys, memo_keys, strict=True)):
-            hit = memo.get(memo_key) if memo_key is not None else None
-            if hit is not None:
-                written = self.folder.link(item.image_id, hit)
-                source = {"api": "store"}.get(written.origin, written.origin)
-                known[position] = Outcome(
-                    item.image_id,
-                    "captioned",
-                    source,
-                    key,
-                    flagged=written.flagged,
-                    distance_km=written.distance_km,
-                    caption_path=written.path,
-                )
-                continue
-            if paid:
-                outcome = self._from_store(item, key)
-                if outcome is None and not self.settings.retry_failed:
-                    outcome = self._recorded_failure(item, key)
-                if outcome is not None:
-                    known[position] = outcome
+        for start in range(0, len(items), KNOWN_CHUNK):
+            chunk = items[start : start + KNOWN_CHUNK]
+            keys = [self.key(item) for item in chunk]
+            # One stat per image: a memo entry is made from the stored answer's file as it is.
+            stamps = [self.store.stamp(key) if paid else "" for key in keys]
+            memo_keys = [
+                self.folder.memo_key(item, key, stamp) if stamp is not None else None
+                for item, key, stamp in zip(chunk, keys, stamps, strict=True)
+            ]
+            memo = self.folder.lookup([k for k in memo_keys if k is not None])
+            rows = zip(chunk, keys, memo_keys, strict=True)
+            for position, (item, key, memo_key) in enumerate(rows, start):
+                hit = memo.get(memo_key) if memo_key is not None else None
+                if hit is not None:
+                    written = self.folder.link(item.image_id, hit)
+                    known[position] = Outcome(
+                        item.image_id,
+                        "captioned",
+                        "store" if written.origin == "api" else written.origin,
+                        key,
+                        flagged=written.flagged,
+                        distance_km=written.distance_km,
+                        caption_path=written.path,
+                    )
                     continue
-            pending.append((position, item, key))
+                if paid:
+                    outcome = self._from_store(item, key)
+                    if outcome is None and not self.settings.retry_failed:
+                        outcome = self._recorded_failure(item, key)
+                    if outcome is not None:
+                        known[position] = outcome
+                        continue
+                pending.append((position, item, key))
         return known, pending
 
     def _recorded_failure(self, item: CaptionItem, key: str) -> Outcome | None:
@@ -198,7 +205,7 @@ class CaptionRun:
         log.info(
             "%d images: %d with an answer already, %d to request from %s %s",
             len(items),
-            len(known),
+            len(items) - len(pending),
             len(pending),
             self.backend.name,
             self.backend.model,
@@ -235,7 +242,8 @@ class CaptionRun:
             await self.backend.aclose()
         for (position, _, _), outcome in zip(pending, fresh, strict=True):
             known[position] = outcome
-        self.outcomes = [known[position] for position in range(len(items))]
+        self.outcomes = [outcome for outcome in known if outcome is not None]
+        assert len(self.outcomes) == len(items)
         return index_frame(self.outcomes)
 
     def failures(self) -> pl.DataFrame:
