@@ -149,13 +149,14 @@ def import_captions(
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         if path.name in BOOKKEEPING:
             continue
-        stem = path.name.split(".", 1)[0] if path.name.endswith(".error.txt") else path.stem
+        error_file = path.name.endswith(".error.txt")
+        stem = path.name[: -len(".error.txt")] if error_file else path.stem
         row = by_id.get(stem)
         matches = by_stem.get(stem, [])
         if row is None and len(matches) == 1:
             row = matches[0]
         if path.suffix != ".json":
-            reason = "request_error" if path.name.endswith(".error.txt") else "not_json"
+            reason = "request_error" if error_file else "not_json"
             detail = "the paper's script kept no valid JSON answer for this image"
             report.add(path, row["image_id"] if row else None, "rejected", reason, detail)
             continue
