@@ -44,6 +44,8 @@ from geolocsft.memo import BlobStore, ItemTable, memo_version
 #: The shape of a caption file (bump when caption_document changes what it writes).
 CAPTION_FILE_FORMAT = "caption-file-3"
 CAPTION_SUFFIX = ".json"
+#: New memo records written as one Parquet part once this many are waiting.
+MEMO_FLUSH = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +323,9 @@ class CaptionFolder:
             }
             with self._lock:
                 self._records.append(record)
+                full = len(self._records) >= MEMO_FLUSH
+            if full:
+                self.save()  # in parts, so a million new records never wait in memory
         return Written(
             relpath,
             check["flagged"],
