@@ -53,8 +53,6 @@ from geolocsft.errors import GeolocsftError
 
 log = logging.getLogger(__name__)
 
-#: Requests scheduled at once (each waits for the concurrency limit and its send time).
-GATHER_CHUNK = 4096
 #: Images whose keys and memo records are looked up at once.
 KNOWN_CHUNK = 100_000
 
@@ -210,7 +208,6 @@ class CaptionRun:
             self.backend.name,
             self.backend.model,
         )
-        semaphore = asyncio.Semaphore(self.settings.concurrency)
         bar = tqdm(
             total=len(pending),
             desc=f"captioning ({self.backend.name})",
@@ -219,23 +216,26 @@ class CaptionRun:
             mininterval=1.0,
         )
 
-        async def one(item: CaptionItem, key: str) -> Outcome:
-            async with semaphore:
+        fresh: list[Outcome | None] = [None] * len(pending)
+        queue = iter(enumerate(pending))
+
+        async def worker() -> None:
+            # `concurrency` workers take the next image when one is done: a million pending
+            # images are not a million tasks, and one slow request holds up nothing else.
+            for number, (_, item, key) in queue:
                 try:
-                    return await self.requester.caption(item, key)
+                    fresh[number] = await self.requester.caption(item, key)
                 finally:
                     bar.update(1)
 
         try:
             if getattr(self.backend, "batch", False):
                 batch = BatchRun(self.requester)
-                fresh = await batch.run([(item, key) for _, item, key in pending])
+                fresh = list(await batch.run([(item, key) for _, item, key in pending]))
             else:
-                # In chunks, so a million pending images are not a million tasks at once.
-                fresh = []
-                for start in range(0, len(pending), GATHER_CHUNK):
-                    chunk = pending[start : start + GATHER_CHUNK]
-                    fresh += await asyncio.gather(*(one(item, key) for _, item, key in chunk))
+                async with asyncio.TaskGroup() as workers:
+                    for _ in range(min(self.settings.concurrency, len(pending))):
+                        workers.create_task(worker())
         finally:
             bar.close()
             self.folder.save()
