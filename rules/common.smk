@@ -19,7 +19,7 @@ use_checkout_package(SRC_DIR)
 from geolocsft.captions.stage import captioner_name, gemini_key_variable
 from geolocsft.sft.models import hub_model_slug
 from geolocsft.errors import GeolocsftError
-from geolocsft.hub.acquire import ACQUIRED_COLUMNS
+from geolocsft.hub.unpacking import ACQUIRED_COLUMNS
 from geolocsft.images import IMAGE_SUFFIXES
 from geolocsft.tables import ColumnMap, check_table_columns
 from geolocsft.sft.train import WORKFLOW_KEYS

@@ -28,16 +28,12 @@ from conftest import REPO
 from PIL import Image
 
 from geolocsft.errors import GeolocsftError, InputTableError
-from geolocsft.hub.acquire import (
-    ACQUIRED_COLUMNS,
-    AcquireColumns,
-    RetryPolicy,
-    UnpackSettings,
-    acquire_dataset,
-    fetch_repo,
-    repo_cache_dir,
-    unpack,
-)
+from geolocsft.hub.acquire import acquire_dataset
+from geolocsft.hub.fetch import fetch_repo
+from geolocsft.hub.remote import repo_cache_dir
+from geolocsft.hub.retry import RetryPolicy
+from geolocsft.hub.unpack import unpack
+from geolocsft.hub.unpacking import ACQUIRED_COLUMNS, AcquireColumns, UnpackSettings
 from geolocsft.ingest import IngestResult, IngestSettings, ingest
 from geolocsft.settings import configured
 from geolocsft.sft.models import download_model
@@ -270,7 +266,7 @@ def test_a_killed_download_resumes_in_the_next_process(hub: HubStandin, tmp_path
     cut = len(archive) // 2
     hub.state.interrupt(repo.repo_id, "HFRL.zip", after_bytes=cut, stall=True)
     code = (
-        "from pathlib import Path; from geolocsft.hub.acquire import fetch_repo; "
+        "from pathlib import Path; from geolocsft.hub.fetch import fetch_repo; "
         f"fetch_repo({repo.repo_id!r}, 'dataset', None, ['HFRL.zip'], Path({str(tmp_path)!r}))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
