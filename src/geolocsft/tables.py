@@ -109,14 +109,45 @@ def resolve_columns(columns: Sequence[str], column_map: ColumnMap, table: str) -
     return found
 
 
-def read_metadata_table(path: Path) -> pl.DataFrame:
-    """Read a CSV/TSV/Parquet table with every column as text (values are validated later)."""
-    return read_text_table(path, "metadata table")
+#: How a user declares a table's encoding (appended to the error for a non-UTF-8 table).
+ENCODING_HINT = (
+    "declare its encoding with the dataset's `encoding` key in config (e.g. encoding: cp1252)"
+)
 
 
-def check_table_columns(path: Path, column_map: ColumnMap) -> ColumnMap:
-    """Check from the header alone that a table has usable id/lat/lon columns (parse time)."""
-    return resolve_columns(read_table_header(path, "metadata table"), column_map, str(path))
+def read_metadata_table(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
+    """Read a CSV/TSV/Parquet table with every column as text (values are validated later).
+
+    A CSV/TSV is read as ``encoding``; text that is not valid there is an
+    :class:`InputTableError` naming the line and the likely encoding."""
+    return read_text_table(path, "metadata table", encoding, ENCODING_HINT)
+
+
+def check_table_columns(
+    path: Path, column_map: ColumnMap, encoding: str = "utf-8", required: Sequence[str] = ()
+) -> ColumnMap:
+    """Check from the header alone that a table has usable id/lat/lon columns, and the
+    ``required`` ones (parse time)."""
+    header = read_table_header(path, "metadata table", encoding, ENCODING_HINT)
+    for name in required:
+        if name not in header:
+            raise InputTableError(
+                f"{path}: no column {name!r} (ingest.split_by). The table's columns are: "
+                + ", ".join(header)
+            )
+    return resolve_columns(header, column_map, str(path))
+
+
+def coordinate_problem(name: str, text: str | None) -> str:
+    """Why the cell of coordinate column ``name`` gives no number: ``lat is empty``,
+    ``lat = 'abc' is not a number``, ``lat = 'NaN' is not a finite number``."""
+    if text is None or not text.strip():
+        return f"{name} is empty"
+    try:
+        float(text.strip())
+    except ValueError:
+        return f"{name} = {text!r} is not a number"
+    return f"{name} = {text!r} is not a finite number"
 
 
 def parse_coordinate(text: str | None) -> float | None:
