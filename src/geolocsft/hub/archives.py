@@ -131,7 +131,7 @@ def unpack_archives(
     rows: list[dict[str, Any]] = []
     for label, path in tables:
         try:
-            table = read_metadata_table(path)
+            table = read_metadata_table(path, settings.encoding)
             found = resolve_columns(table.columns, cols, label)
         except InputTableError as exc:
             raise InputTableError(str(exc).replace(str(path), label)) from None

@@ -63,6 +63,8 @@ class UnpackSettings:
     #: CSV/TSV/Parquet file that is not an image source (archives format only)
     metadata: tuple[str, ...] | None
     columns: AcquireColumns
+    #: text encoding of the CSV/TSV metadata tables
+    encoding: str
     #: ``ingest.on_bad_input``
     on_bad_input: BadInputPolicy = field(metadata={"key": None})
 
