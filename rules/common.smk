@@ -245,7 +245,7 @@ def _listing_digests(name):
 
 
 def images_digest(name, part=None):
-    """A digest of the listing (relative path, size, mtime, inode) of the dataset's images, of
+    """A digest of the listing (relative path, size, mtime) of the dataset's images, of
     one part or of all: a param of the ingest jobs, so that adding, removing or changing an
     image anywhere under the folder reruns them. Computed once per Snakemake run, and only for
     the ingest jobs in the DAG (a stat per image, no read)."""

@@ -344,7 +344,12 @@ def test_acquired_archive_is_unpacked_for_ingest_without_losing_a_row(
     result = _ingest(out)
     assert sorted(result.manifest["image_id"]) == ["000", "001", "002", "003"]
     reasons = dict(zip(result.rejected["image_id"], result.rejected["reason"], strict=True))
-    assert reasons == {"004": "missing_coordinates", "999": "missing_file"}
+    # 005.jpg is in the archive but in no row of the table: reported, not silently dropped.
+    assert reasons == {
+        "004": "missing_coordinates",
+        "999": "missing_file",
+        "005": "no_metadata_row",
+    }
 
     # Deterministic: the same input gives the same bytes.
     again = tmp_path / "again"
@@ -602,5 +607,5 @@ def test_workflow_acquires_a_benchmark_resumes_after_a_failure_and_ingests_it(
     assert sorted(manifest["image_id"]) == ["000", "001", "002", "003"]
     assert set(manifest["split"]) == {"test"}
     rejected = pl.read_csv(workdir / "results" / "benchmarks" / "pig" / "rejected.csv")
-    assert sorted(rejected["reason"]) == ["missing_coordinates", "missing_file"]
+    assert sorted(rejected["reason"]) == ["missing_coordinates", "missing_file", "no_metadata_row"]
     assert planned_jobs(workdir, *until) == {}

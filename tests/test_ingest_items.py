@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +111,15 @@ def test_memo_reads_only_new_or_changed_images_and_reused_rows_are_identical(tmp
         write_outputs(result, out / "m.parquet", out / "r.csv", out / "s.json", out / "l.parquet")
     for name in ("m.parquet", "r.csv", "l.parquet"):
         assert (out_fresh / name).read_bytes() == (out_reused / name).read_bytes(), name
+    # The corpus copied elsewhere with its mtimes (a node's scratch disk) is still known.
+    copy = shutil.copytree(images, tmp_path / "scratch" / "images")
+    elsewhere = ingest(copy, None, ColumnMap(), settings, memo_dir=memo)
+    assert (
+        elsewhere.summary["checked_now"] == 0 and elsewhere.manifest.height == first.manifest.height
+    )
 
     # An unchanged file costs a stat: overwrite one in place with other bytes of the same size
-    # and restore its mtime (and inode): the memo answers without reading it.
+    # and restore its mtime: the memo answers without reading it.
     victim = next(images.rglob("HTC_Desire.jpg"))
     info = victim.stat()
     with victim.open("r+b") as handle:
@@ -240,6 +247,8 @@ def test_listing_digest_changes_with_any_image_of_its_part_and_only_that_part(tm
     images = exif_corpus(tmp_path / "images")
     before = listing_digests(images, 4)
     assert listing_digests(images, 4) == before  # deterministic
+    # A copy that keeps the mtimes (cp -p, rsync -a: new inodes) is the same listing.
+    assert listing_digests(shutil.copytree(images, tmp_path / "copy"), 4) == before
     (images / "notes.txt").write_text("not an image")
     assert listing_digests(images, 4) == before
     new = images / "01" / "deep" / "new.jpg"

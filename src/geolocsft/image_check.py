@@ -9,8 +9,10 @@ convention of ``imagehash.dhash``). Copies of a photo that were re-encoded, resi
 edited have hashes a few bits apart (the Hamming distance), different photos about 32.
 
 :func:`check_images` runs it for many files and keeps each result in the per-item memo
-(:class:`geolocsft.memo.ItemTable`), keyed by the file's relative path, size, mtime and inode:
-an unchanged file costs a stat (done by the folder scan), not a read. The memo's version covers
+(:class:`geolocsft.memo.ItemTable`), keyed by the file's relative path, size and mtime (the
+quick check of rsync and make; not the inode, so a corpus copied with its mtimes, e.g. to a
+node's scratch disk, is still known): an unchanged file costs a stat (done by the folder scan),
+not a read. The memo's version covers
 the limits that shape a result and the code of this module (:func:`memo_version`), so changing
 either starts afresh. A file modified less than :data:`RACY_SECONDS` before it was read is
 checked but not memoized (it could change again within the file system's clock tick).
@@ -218,7 +220,8 @@ def check_images(
     desc: str = "checking images",
 ) -> pl.DataFrame:
     """The facts of every row of ``files`` (columns ``file``: the path to read, ``key``: its
-    memo key or null, ``mtime_ns``), appended as the columns of :data:`FACTS_SCHEMA`, in order.
+    memo key or null, ``mtime_ns``), appended as the columns of :data:`FACTS_SCHEMA`, in order,
+    and ``checked_now`` (whether the file was read in this call, not answered by the memo).
 
     Rows whose key is in the memo are not read; the others are checked in ``workers`` threads
     and stored (every :data:`_FLUSH_EVERY` results, so a killed job keeps what it did).
@@ -245,7 +248,7 @@ def check_images(
         len(todo),
     )
     if len(todo) == 0:
-        return joined
+        return joined.with_columns(pl.lit(False).alias("checked_now"))
     paths = joined["file"].gather(todo).to_list()
     keys = joined["key"].gather(todo).to_list()
     mtimes = joined["mtime_ns"].gather(todo).to_list()
@@ -276,7 +279,10 @@ def check_images(
                     flush()
     flush()
     fresh = pl.DataFrame(results, schema=FACTS_SCHEMA)
-    return joined.with_columns(joined[name].scatter(todo, fresh[name]) for name in FACTS_SCHEMA)
+    return joined.with_columns(
+        *(joined[name].scatter(todo, fresh[name]) for name in FACTS_SCHEMA),
+        pl.Series("checked_now", missing.to_series(), dtype=pl.Boolean),
+    )
 
 
 def default_workers(configured: int) -> int:

@@ -13,8 +13,8 @@ are named after them), and the id depends on the path alone, so it never changes
 images are added. Two paths that map to one id (``a/b__c.jpg`` and ``a__b/c.jpg``) are reported
 as a duplicate id by ingest.
 
-**Listing digest.** :func:`listing_digests` hashes the sorted (relative path, size, mtime, inode)
-of every image, one stat per file and no reads: the workflow passes it to the ingest jobs as a
+**Listing digest.** :func:`listing_digests` hashes the sorted (relative path, size, mtime) of
+every image, one stat per file and no reads: the workflow passes it to the ingest jobs as a
 param, so adding, removing or changing an image anywhere in the tree reruns them, while
 Snakemake itself never holds a list of a million files.
 """
@@ -41,7 +41,6 @@ SCAN_SCHEMA: dict[str, type[pl.DataType]] = {
     "relpath": pl.String,
     "bytes": pl.Int64,
     "mtime_ns": pl.Int64,
-    "inode": pl.Int64,
 }
 
 
@@ -52,7 +51,6 @@ class ImageFile:
     relpath: str
     size: int
     mtime_ns: int
-    inode: int
 
 
 def is_image_name(name: str) -> bool:
@@ -85,23 +83,20 @@ def walk_images(folder: Path) -> Iterator[ImageFile]:
                 yield from visit(entry.path, f"{prefix}{entry.name}/")
             elif is_image_name(entry.name) and entry.is_file():
                 info = entry.stat()
-                yield ImageFile(
-                    f"{prefix}{entry.name}", info.st_size, info.st_mtime_ns, info.st_ino
-                )
+                yield ImageFile(f"{prefix}{entry.name}", info.st_size, info.st_mtime_ns)
 
     yield from visit(str(folder), "")
 
 
 def scan_images(folder: Path) -> pl.DataFrame:
     """:func:`walk_images` as a table (:data:`SCAN_SCHEMA`), in walk order."""
-    relpaths, sizes, mtimes, inodes = [], [], [], []
+    relpaths, sizes, mtimes = [], [], []
     for item in walk_images(folder):
         relpaths.append(item.relpath)
         sizes.append(item.size)
         mtimes.append(item.mtime_ns)
-        inodes.append(item.inode)
     return pl.DataFrame(
-        {"relpath": relpaths, "bytes": sizes, "mtime_ns": mtimes, "inode": inodes},
+        {"relpath": relpaths, "bytes": sizes, "mtime_ns": mtimes},
         schema=SCAN_SCHEMA,
     )
 
@@ -109,13 +104,12 @@ def scan_images(folder: Path) -> pl.DataFrame:
 def listing_digests(folder: Path, parts: int = 1) -> list[str]:
     """A digest of the folder's listing per part (:func:`geolocsft.layout.part_of` of each
     image's relative path): it changes when an image of that part is added, removed, renamed,
-    rewritten (size, mtime) or replaced (inode). No file is opened."""
+    rewritten (size, mtime). No file is opened; a copy that keeps the mtimes (``cp -p``,
+    ``rsync -a``) has the same digest."""
     digests = [hashlib.sha256() for _ in range(parts)]
     for item in walk_images(folder):
         part = part_of(item.relpath, parts) if parts > 1 else 0
-        digests[part].update(
-            f"{item.relpath}\0{item.size}\0{item.mtime_ns}\0{item.inode}\n".encode()
-        )
+        digests[part].update(f"{item.relpath}\0{item.size}\0{item.mtime_ns}\n".encode())
     return [d.hexdigest() for d in digests]
 
 

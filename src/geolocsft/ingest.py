@@ -194,6 +194,8 @@ def assemble(
         how="horizontal",
     )
     summary = _summary(manifest, rejected, found, settings, split_mode, fallbacks)
+    read = int(checked["checked_now"].sum())
+    summary |= {"checked_now": read, "checked_before": checked.height - read}
     _enforce_policy(rejected, manifest, settings, found.source, failure_report)
     return IngestResult(manifest, rejected, summary, _listing(plan, checked))
 
@@ -370,4 +372,6 @@ def write_outputs(
 def write_part(checked: pl.DataFrame, path: Path) -> None:
     """The facts of one part's images (the output of a part job)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    checked.select("key", "relpath", *FACTS_SCHEMA).write_parquet(path, statistics=True)
+    checked.select("key", "relpath", *FACTS_SCHEMA, "checked_now").write_parquet(
+        path, statistics=True
+    )

@@ -109,7 +109,7 @@ def plan_dataset(
             .then(pl.col(name))
             .otherwise(pl.Series([s[i] if s else None for s in stats], dtype=pl.Int64))
             .alias(name)
-            for i, name in enumerate(("bytes", "mtime_ns", "inode"))
+            for i, name in enumerate(("bytes", "mtime_ns"))
         )
     outside = [None if c.in_folder else display(Path(c.file)) for c in rows]
     frame = frame.with_columns(
@@ -117,17 +117,17 @@ def plan_dataset(
         .then(pl.lit(f"{shown_dir}/") + pl.col("relpath"))
         .otherwise(pl.Series(outside, dtype=pl.String))
         .alias("path"),
-        pl.concat_str(["relpath", "bytes", "mtime_ns", "inode"], separator="\0").alias("key"),
+        pl.concat_str(["relpath", "bytes", "mtime_ns"], separator="\0").alias("key"),
     )
     return Plan(found, scan, shown_dir, metadata_table is not None, frame)
 
 
-def _stat(path: Path) -> tuple[int | None, int | None, int | None]:
+def _stat(path: Path) -> tuple[int | None, int | None]:
     try:
         info = path.stat()
     except OSError:
-        return None, None, None
-    return info.st_size, info.st_mtime_ns, info.st_ino
+        return None, None
+    return info.st_size, info.st_mtime_ns
 
 
 def parts_of(frame: pl.DataFrame, parts: int) -> pl.Series:
@@ -161,7 +161,8 @@ def checked_from_parts(
 ) -> pl.DataFrame:
     """The candidates with the facts that the part jobs found; any candidate the parts lack (a
     file changed between the jobs) is checked here."""
-    facts = pl.concat([pl.read_parquet(p, columns=["key", *FACTS_SCHEMA]) for p in part_files])
+    columns = ["key", *FACTS_SCHEMA, "checked_now"]
+    facts = pl.concat([pl.read_parquet(p, columns=columns) for p in part_files])
     checked = plan.frame.join(
         facts.unique("key", keep="first"), on="key", how="left", maintain_order="left"
     )
@@ -174,5 +175,7 @@ def checked_from_parts(
             memo_dir,
             workers,
         )
-        checked = checked.update(redone.select("key", *FACTS_SCHEMA), on="key", how="left")
+        checked = checked.update(
+            redone.select("key", *FACTS_SCHEMA, "checked_now").unique("key"), on="key", how="left"
+        )
     return checked
