@@ -229,6 +229,7 @@ def check_images(
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # Pillow's limit follows the setting
+    files = files.drop([name for name in FACTS_SCHEMA if name in files.columns])
     memo = checks_memo(memo_root, limits) if memo_root is not None else None
     known = _load_known(memo, files["key"].drop_nulls()) if memo is not None else None
     if known is not None and known.height:

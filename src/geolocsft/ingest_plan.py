@@ -163,14 +163,15 @@ def checked_from_parts(
     file changed between the jobs) is checked here."""
     columns = ["key", *FACTS_SCHEMA, "checked_now"]
     facts = pl.concat([pl.read_parquet(p, columns=columns) for p in part_files])
-    checked = plan.frame.join(
+    base = plan.frame.drop([name for name in FACTS_SCHEMA if name in plan.frame.columns])
+    checked = base.join(
         facts.unique("key", keep="first"), on="key", how="left", maintain_order="left"
     )
     lacking = checked.filter(pl.col("sha256").is_null() & pl.col("reason").is_null())
     if lacking.height:
         log.warning("%d images are not in the parts' results: checking them here", lacking.height)
         redone = check_images(
-            lacking.select(plan.frame.columns),
+            lacking.select(base.columns),
             limits,
             memo_dir,
             workers,
