@@ -94,7 +94,12 @@ def workflow_copy(source: Path, dest: Path, corpus: Path, table: Path) -> Path:
         else:
             shutil.copy2(source / part, dest / part)
     config = yaml.safe_load((dest / "config" / "config.yaml").read_text())
-    config["corpus"] = {"name": "bench", "images": str(corpus), "metadata": str(table)}
+    config["corpus"] = {
+        "name": "bench",
+        "images": str(corpus),
+        "metadata": str(table),
+        "columns": {"id": None, "lat": None, "lon": None, "file": None},
+    }
     (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     return dest
 

@@ -26,14 +26,14 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import polars as pl
 
 from geolocsft.errors import InputTableError
 from geolocsft.images import IMAGE_SUFFIXES
 from geolocsft.layout import part_of
-from geolocsft.tables import normalise_image_id
+from geolocsft.tables import name_suffix, normalise_image_id
 
 #: Joins the folders and the stem of a nested image's relative path into its id.
 ID_PART_SEPARATOR = "__"
@@ -55,7 +55,7 @@ class ImageFile:
 
 def is_image_name(name: str) -> bool:
     """Whether a directory entry's name is an image file's (by extension; hidden files are not)."""
-    return not name.startswith(".") and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+    return not name.startswith(".") and name_suffix(name).lower() in IMAGE_SUFFIXES
 
 
 def walk_images(folder: Path) -> Iterator[ImageFile]:
