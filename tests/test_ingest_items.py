@@ -13,7 +13,7 @@ from conftest import DEMO_IMAGES, write_photo
 from PIL import Image
 
 from geolocsft.errors import GeolocsftError
-from geolocsft.image_check import MEMO_KIND, dhash_hex
+from geolocsft.image_check import IMAGE_CHECKS_KIND, dhash_hex
 from geolocsft.image_folder import id_from_relpath, listing_digests, scan_images
 from geolocsft.images import open_upright_rgb
 from geolocsft.ingest import IngestSettings, ingest, write_outputs, write_part
@@ -138,7 +138,7 @@ def test_memo_reads_only_new_or_changed_images_and_reused_rows_are_identical(tmp
     row = changed.manifest.filter(pl.col("path").str.ends_with("/HTC_Desire.jpg"))
     old = fresh.manifest.filter(pl.col("path").str.ends_with("/HTC_Desire.jpg"))
     assert row["sha256"].item() != old["sha256"].item()
-    records = pl.read_parquet(next((memo / MEMO_KIND).rglob("*.parquet")).parent)
+    records = pl.read_parquet(next((memo / IMAGE_CHECKS_KIND).rglob("*.parquet")).parent)
     assert not records["key"].str.starts_with("00/just_now.jpg").any()
     assert changed.manifest["image_id"].str.contains("just_now").any()
 
@@ -158,7 +158,7 @@ def test_memo_version_follows_the_limits(tmp_path):
     assert (
         ingest(tmp_path / "images", table, ColumnMap(), lenient, memo_dir=memo).rejected.height == 0
     )
-    assert len(list((memo / MEMO_KIND).iterdir())) == 2  # one memo per set of limits
+    assert len(list((memo / IMAGE_CHECKS_KIND).iterdir())) == 2  # one memo per set of limits
 
 
 def numpy_dhash(image: Image.Image) -> str:

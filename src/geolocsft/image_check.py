@@ -14,7 +14,7 @@ quick check of rsync and make; not the inode, so a corpus copied with its mtimes
 node's scratch disk, is still known): an unchanged file costs a stat (done by the folder scan),
 not a read. The memo's version covers
 the limits that shape a result and the code of this module (:func:`memo_version`), so changing
-either starts afresh. A file modified less than :data:`RACY_SECONDS` before it was read is
+either starts afresh. A file modified less than :data:`UNSETTLED_SECONDS` before it was read is
 checked but not memoized (it could change again within the file system's clock tick).
 """
 
@@ -59,9 +59,9 @@ FACTS_SCHEMA: dict[str, type[pl.DataType]] = {
     "reason": pl.String,
     "detail": pl.String,
 }
-MEMO_KIND = "ingest-checks"
+IMAGE_CHECKS_KIND = "ingest-checks"
 #: Files modified this recently are checked but not memoized.
-RACY_SECONDS = 2.0
+UNSETTLED_SECONDS = 2.0
 #: Reasons that depend on the moment, not on the file's content: never memoized.
 TRANSIENT_REASONS = frozenset({"missing_file", "unreadable_file"})
 _FLUSH_EVERY = 20_000
@@ -197,7 +197,7 @@ def checks_memo(root: Path, limits: CheckLimits) -> ItemTable:
         limits.high_bit_depth,
         module_code_version("image_check"),
     )
-    return ItemTable(root, MEMO_KIND, version)
+    return ItemTable(root, IMAGE_CHECKS_KIND, version)
 
 
 def _load_known(memo: ItemTable, keys: pl.Series) -> pl.DataFrame | None:
@@ -253,7 +253,7 @@ def check_images(
     paths = joined["file"].gather(todo).to_list()
     keys = joined["key"].gather(todo).to_list()
     mtimes = joined["mtime_ns"].gather(todo).to_list()
-    racy_after = time.time_ns() - int(RACY_SECONDS * 1e9)
+    racy_after = time.time_ns() - int(UNSETTLED_SECONDS * 1e9)
     results: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
 

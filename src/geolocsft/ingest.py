@@ -57,8 +57,6 @@ MANIFEST_SCHEMA: dict[str, type[pl.DataType] | pl.DataType] = {
     "source_row": pl.Int64,
     "split": pl.String,
 }
-#: Columns after the reverse-geocoded ones (geolocsft.geocode.GEOCODE_COLUMNS).
-MANIFEST_TAIL = ("phash", "split_group")
 REJECTED_SCHEMA: dict[str, type[pl.DataType] | pl.DataType] = {
     "source": pl.String,
     "row": pl.Int64,
