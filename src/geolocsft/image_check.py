@@ -12,10 +12,10 @@ edited have hashes a few bits apart (the Hamming distance), different photos abo
 (:class:`geolocsft.memo.ItemTable`), keyed by the file's relative path, size and mtime (the
 quick check of rsync and make; not the inode, so a corpus copied with its mtimes, e.g. to a
 node's scratch disk, is still known): an unchanged file costs a stat (done by the folder scan),
-not a read. The memo's version covers
-the limits that shape a result and the code of this module (:func:`memo_version`), so changing
-either starts afresh. A file modified less than :data:`UNSETTLED_SECONDS` before it was read is
-checked but not memoized (it could change again within the file system's clock tick).
+not a read. The memo's version covers the limits that shape a result and the code of this
+module (:func:`memo_version`), so changing either starts afresh. A file modified less than
+:data:`UNSETTLED_SECONDS` before it was read is checked but not memoized (it could change again
+within the file system's clock tick).
 """
 
 from __future__ import annotations
