@@ -85,7 +85,8 @@ def make_corpus(folder: Path, table: Path, start: int, count: int, layout: str) 
 
 
 def workflow_copy(source: Path, dest: Path, corpus: Path, table: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     for part in PARTS:
         if (source / part).is_dir():
             shutil.copytree(
@@ -104,8 +105,9 @@ def workflow_copy(source: Path, dest: Path, corpus: Path, table: Path) -> Path:
     return dest
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) and output of one process."""
+def timed(command: list[str], cwd: Path) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MB), output and CPU seconds (user + system) of one process and
+    its children (CPU time is what a busy shared machine does not inflate)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
@@ -116,25 +118,33 @@ def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
         text = out.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed in {cwd}:\n{text[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, text
+    # wait4 reports the child with the children it waited for (the jobs of a Snakemake run).
+    return wall, usage.ru_maxrss / 1024, text, usage.ru_utime + usage.ru_stime
 
 
 def dry_runs(workdir: Path, repeats: int, *args: str) -> dict[str, float]:
-    walls, rss = [], []
+    walls, rss, cpus = [], [], []
     for _ in range(repeats):
-        wall, peak, _ = timed([str(SNAKEMAKE), "--cores", "2", "-n", "--quiet", *args], workdir)
+        wall, peak, _, cpu = timed(
+            [str(SNAKEMAKE), "--cores", "2", "-n", "--quiet", *args], workdir
+        )
         walls.append(wall)
         rss.append(peak)
-    return {"median_s": statistics.median(walls), "min_s": min(walls), "peak_rss_mb": max(rss)}
+        cpus.append(cpu)
+    return {
+        "median_s": statistics.median(walls),
+        "min_s": min(walls),
+        "median_cpu_s": statistics.median(cpus),
+        "peak_rss_mb": max(rss),
+    }
 
 
-def one_rule_floor(workdir: Path, repeats: int) -> float:
+def one_rule_floor(workdir: Path, repeats: int) -> dict[str, float]:
+    """A dry run of a one-rule Snakefile: what any Snakemake start costs on this machine."""
     floor = workdir / "floor"
     floor.mkdir(exist_ok=True)
     (floor / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "touch {output}"\n')
-    return statistics.median(
-        timed([str(SNAKEMAKE), "--cores", "1", "-n", "--quiet"], floor)[0] for _ in range(repeats)
-    )
+    return dry_runs(floor, repeats)
 
 
 def job_benchmark(workdir: Path) -> dict[str, float]:
@@ -176,7 +186,7 @@ def main() -> None:
         results["make_corpus_s"] = time.perf_counter() - start
     print(f"corpus: {args.images:,} images in {corpus} ({args.layout})", flush=True)
 
-    results["snakemake_floor_s"] = one_rule_floor(root, args.repeats)
+    results["snakemake_floor"] = one_rule_floor(root, args.repeats)
     after = workflow_copy(REPO, root / "after", corpus, table)
     results["dry_run_after"] = dry_runs(after, args.repeats)
     print("dry run (this checkout):", results["dry_run_after"], flush=True)
@@ -186,14 +196,14 @@ def main() -> None:
         print("dry run (before):", results["dry_run_before"], flush=True)
 
     if not args.skip_run:
-        wall, _, _ = timed([str(SNAKEMAKE), "--cores", "2", "--until", "ingest_corpus"], after)
-        results["first_ingest"] = {"wall_s": wall, **job_benchmark(after)}
+        wall, _, _, cpu = timed([str(SNAKEMAKE), "--cores", "2", "--until", "ingest_corpus"], after)
+        results["first_ingest"] = {"wall_s": wall, "cpu_s": cpu, **job_benchmark(after)}
         print("first ingest:", results["first_ingest"], flush=True)
         results["noop_dry_run"] = dry_runs(after, args.repeats)
         print("no-op dry run:", results["noop_dry_run"], flush=True)
         make_corpus(corpus, table, args.images, 100, args.layout)
-        wall, _, _ = timed([str(SNAKEMAKE), "--cores", "2", "--until", "ingest_corpus"], after)
-        results["add_100_ingest"] = {"wall_s": wall, **job_benchmark(after)}
+        wall, _, _, cpu = timed([str(SNAKEMAKE), "--cores", "2", "--until", "ingest_corpus"], after)
+        results["add_100_ingest"] = {"wall_s": wall, "cpu_s": cpu, **job_benchmark(after)}
         print("add 100, ingest:", results["add_100_ingest"], flush=True)
         start = time.perf_counter()
         manifest = pl.read_parquet(after / "results/manifest.parquet")

@@ -22,10 +22,11 @@ Snakemake itself never holds a list of a million files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +35,8 @@ from geolocsft.errors import InputTableError
 from geolocsft.images import IMAGE_SUFFIXES
 from geolocsft.layout import part_of
 from geolocsft.tables import name_suffix, normalise_image_id
+
+log = logging.getLogger(__name__)
 
 #: Joins the folders and the stem of a nested image's relative path into its id.
 ID_PART_SEPARATOR = "__"
@@ -44,72 +47,95 @@ SCAN_SCHEMA: dict[str, type[pl.DataType]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ImageFile:
-    """One image file: its path relative to the folder (``/``-separated) and its stat."""
-
-    relpath: str
-    size: int
-    mtime_ns: int
-
-
 def is_image_name(name: str) -> bool:
     """Whether a directory entry's name is an image file's (by extension; hidden files are not)."""
     return not name.startswith(".") and name_suffix(name).lower() in IMAGE_SUFFIXES
 
 
-def walk_images(folder: Path) -> Iterator[ImageFile]:
-    """Every image file under ``folder`` (recursively, sorted per folder), with one stat each.
+def walk_images(folder: Path) -> Iterator[tuple[str, int, int]]:
+    """``(relative path, size, mtime_ns)`` of every image under ``folder``, folder by folder in
+    sorted name order (so the same tree gives the same order on any file system).
 
-    Symbolic links to files and folders are followed. Raises :class:`InputTableError` when the
-    folder does not exist.
+    Links to files and folders are followed (a link loop is walked once). One stat per entry
+    through the folder's descriptor and no object per file beyond its name: a folder of a
+    million images costs its list of names. Raises :class:`InputTableError` when the folder does
+    not exist or cannot be listed.
     """
     if not folder.is_dir():
         raise InputTableError(f"{folder}: image folder not found")
+    seen: set[tuple[int, int]] = set()
 
-    seen: set[tuple[int, int]] = set()  # folders visited (a link loop is walked once)
-
-    def visit(directory: str, prefix: str) -> Iterator[ImageFile]:
-        info = Path(directory).stat()
+    def visit(fd: int, prefix: str) -> Iterator[tuple[str, int, int]]:
+        info = os.fstat(fd)
         if (info.st_dev, info.st_ino) in seen:
             return
         seen.add((info.st_dev, info.st_ino))
-        with os.scandir(directory) as scan:
-            entries = sorted(scan, key=lambda e: e.name)
-        for entry in entries:
-            if entry.name.startswith("."):
+        for name in sorted(os.listdir(fd)):
+            if name.startswith("."):
                 continue
-            if entry.is_dir():
-                yield from visit(entry.path, f"{prefix}{entry.name}/")
-            elif is_image_name(entry.name) and entry.is_file():
-                info = entry.stat()
-                yield ImageFile(f"{prefix}{entry.name}", info.st_size, info.st_mtime_ns)
+            try:
+                # dir_fd: no path built per file (a folder may hold a million).
+                entry = os.stat(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue  # removed while we listed, or a broken link
+            if stat.S_ISDIR(entry.st_mode):
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                try:
+                    yield from visit(child, f"{prefix}{name}/")
+                finally:
+                    os.close(child)
+            elif stat.S_ISREG(entry.st_mode) and is_image_name(name):
+                if not _utf8(name):
+                    log.warning(
+                        "%s: skipping %r: its name is not UTF-8 (rename it to use it)",
+                        folder,
+                        f"{prefix}{name}".encode("utf-8", "surrogateescape"),
+                    )
+                    continue
+                yield f"{prefix}{name}", entry.st_size, entry.st_mtime_ns
 
-    yield from visit(str(folder), "")
+    try:
+        top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield from visit(top, "")
+        finally:
+            os.close(top)
+    except OSError as exc:
+        raise InputTableError(f"{folder}: cannot list the image folder: {exc}") from exc
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def scan_images(folder: Path) -> pl.DataFrame:
-    """:func:`walk_images` as a table (:data:`SCAN_SCHEMA`), in walk order."""
-    relpaths, sizes, mtimes = [], [], []
-    for item in walk_images(folder):
-        relpaths.append(item.relpath)
-        sizes.append(item.size)
-        mtimes.append(item.mtime_ns)
+    """:func:`walk_images` as a table (:data:`SCAN_SCHEMA`), in its order."""
+    relpaths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    for relpath, size, mtime_ns in walk_images(folder):
+        relpaths.append(relpath)
+        sizes.append(size)
+        mtimes.append(mtime_ns)
     return pl.DataFrame(
-        {"relpath": relpaths, "bytes": sizes, "mtime_ns": mtimes},
-        schema=SCAN_SCHEMA,
+        {"relpath": relpaths, "bytes": sizes, "mtime_ns": mtimes}, schema=SCAN_SCHEMA
     )
 
 
 def listing_digests(folder: Path, parts: int = 1) -> list[str]:
-    """A digest of the folder's listing per part (:func:`geolocsft.layout.part_of` of each
-    image's relative path): it changes when an image of that part is added, removed, renamed,
-    rewritten (size, mtime). No file is opened; a copy that keeps the mtimes (``cp -p``,
-    ``rsync -a``) has the same digest."""
+    """A digest of the folder's listing (:func:`walk_images`) per part
+    (:func:`geolocsft.layout.part_of` of each image's relative path): it changes when an image
+    of that part is added, removed, renamed or rewritten (size, mtime). No file is opened and
+    nothing per image is kept; a copy that keeps the mtimes (``cp -p``, ``rsync -a``) has the
+    same digest."""
     digests = [hashlib.sha256() for _ in range(parts)]
-    for item in walk_images(folder):
-        part = part_of(item.relpath, parts) if parts > 1 else 0
-        digests[part].update(f"{item.relpath}\0{item.size}\0{item.mtime_ns}\n".encode())
+    for relpath, size, mtime_ns in walk_images(folder):
+        part = part_of(relpath, parts) if parts > 1 else 0
+        digests[part].update(f"{relpath}\0{size}\0{mtime_ns}\n".encode())
     return [d.hexdigest() for d in digests]
 
 
