@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+import polars as pl
 
 from geolocsft.image_folder import FolderIndex, id_from_relpath
 from geolocsft.tables import (
@@ -53,8 +55,9 @@ class Candidate:
     """A row (or an image of the folder) whose file is to be checked."""
 
     image_id: str
-    #: the path to open
-    file: str
+    #: the path to open when the file is outside the image folder (None inside it: the folder
+    #: and ``relpath`` name it; a million candidates keep no second path string each)
+    file: str | None
     #: the path relative to the image folder, or ``file`` for a file outside it
     relpath: str
     in_folder: bool
@@ -99,9 +102,17 @@ def _shown(
     shown_dir = display(images_dir)
 
     def shown(cand: Candidate) -> str:
-        return f"{shown_dir}/{cand.relpath}" if cand.in_folder else display(Path(cand.file))
+        return f"{shown_dir}/{cand.relpath}" if cand.in_folder else display(Path(cand.relpath))
 
     return shown_dir, shown
+
+
+def _cells(table: pl.DataFrame, columns: list[str | None]) -> Iterator[tuple[str | None, ...]]:
+    """The cells of ``columns`` (None: a column the table lacks, all None) row by row, taken out
+    of the table a slice at a time (a million-row table never becomes one list per column)."""
+    for chunk in table.iter_slices(50_000):
+        cells = [chunk[c].to_list() if c else [None] * chunk.height for c in columns]
+        yield from zip(*cells, strict=True)
 
 
 def from_table(
@@ -123,17 +134,12 @@ def from_table(
     rejections: list[Rejection] = []
     referenced: set[str] = set()
 
-    height = table.height
-    ids = table[cols.id].to_list() if cols.id else [None] * height
-    files = table[cols.file].to_list() if cols.file else [None] * height
-    groups = table[split_by].to_list() if split_by else [None] * height
     # resolve_columns raised unless both coordinate columns were found.
-    lats = table[str(cols.lat)].to_list()
-    lons = table[str(cols.lon)].to_list()
-    for index_, (raw_id, raw_file, raw_lat, raw_lon, group) in enumerate(
-        zip(ids, files, lats, lons, groups, strict=True)
+    wanted = [cols.id, cols.file, str(cols.lat), str(cols.lon), split_by]
+    for row, (raw_id, raw_file, raw_lat, raw_lon, group) in enumerate(
+        _cells(table, wanted),
+        start=1,  # 1-based data row (the header is not counted)
     ):
-        row = index_ + 1  # 1-based data row (the header is not counted)
         raw_file = (raw_file or "").strip()
         if raw_id is None or not raw_id.strip():
             raw_id = PurePosixPath(raw_file).name if raw_file else ""
@@ -168,10 +174,10 @@ def from_table(
                 continue
             relative = os.path.relpath(_absolute(path), folder_abs).replace(os.sep, "/")
             in_folder = relative in index.relpaths
-            cand = Candidate(
-                image_id, str(path), relative if in_folder else path.as_posix(), in_folder, row,
-                None, None,
-            )  # fmt: skip
+            if in_folder:
+                cand = Candidate(image_id, None, relative, True, row, None, None)
+            else:
+                cand = Candidate(image_id, str(path), path.as_posix(), False, row, None, None)
         else:
             matches = index.lookup(raw_id)
             if not matches:
@@ -182,10 +188,10 @@ def from_table(
                 reject("ambiguous_file", f"several files match the id: {names}")
                 continue
             relative = matches[0]
-            cand = Candidate(image_id, f"{images_dir}/{relative}", relative, True, row, None, None)
+            cand = Candidate(image_id, None, relative, True, row, None, None)
         if cand.in_folder:
             referenced.add(cand.relpath)
-        shown = f"{shown_dir}/{cand.relpath}" if cand.in_folder else display(Path(cand.file))
+        shown = f"{shown_dir}/{cand.relpath}" if cand.in_folder else display(Path(cand.relpath))
 
         lat, lon = parse_coordinate(raw_lat), parse_coordinate(raw_lon)
         if lat is None or lon is None:
@@ -241,8 +247,7 @@ def from_folder(
                 )
             )
             continue
-        file = f"{images_dir}/{relative}"
-        candidates.append(Candidate(image_id, file, relative, True, None, None, None))
+        candidates.append(Candidate(image_id, None, relative, True, None, None, None))
     return Candidates(candidates, rejections, str(images_dir))
 
 
@@ -258,7 +263,7 @@ def drop_duplicates(found: Candidates, display: Callable[[Path], str], images_di
             kept.append(group[0])
             continue
         rows = ", ".join(str(c.source_row) if c.source_row else c.relpath for c in group)
-        distinct = {(_absolute(c.file), c.lat, c.lon) for c in group}
+        distinct = {(_absolute(c.file or images_dir / c.relpath), c.lat, c.lon) for c in group}
         if len(distinct) == 1:
             kept.append(group[0])
             reason, rejected = "duplicate_row", group[1:]

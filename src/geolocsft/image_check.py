@@ -250,36 +250,37 @@ def check_images(
     )
     if len(todo) == 0:
         return joined.with_columns(pl.lit(False).alias("checked_now"))
-    paths = joined["file"].gather(todo).to_list()
-    keys = joined["key"].gather(todo).to_list()
-    mtimes = joined["mtime_ns"].gather(todo).to_list()
     racy_after = time.time_ns() - int(UNSETTLED_SECONDS * 1e9)
-    results: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if memo is not None and pending:
-            memo.add(pl.DataFrame(pending, schema={"key": pl.String, **FACTS_SCHEMA}))
-        pending.clear()
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = pool.map(lambda p: inspect_image(Path(p), limits), paths)
-        for key, mtime, facts in tqdm(
-            zip(keys, mtimes, outcomes, strict=True),
-            total=len(paths),
-            desc=desc,
-            unit="img",
-            mininterval=2.0,
-            disable=None,
-        ):
-            results.append(facts)
-            racy = mtime is None or mtime >= racy_after
-            if key is not None and not racy and facts["reason"] not in TRANSIENT_REASONS:
-                pending.append({"key": key, **facts})
-                if len(pending) >= _FLUSH_EVERY:
-                    flush()
-    flush()
-    fresh = pl.DataFrame(results, schema=FACTS_SCHEMA)
+    done: list[pl.DataFrame] = []
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(todo), desc=desc, unit="img", mininterval=2.0, disable=None) as bar,
+    ):
+        # A chunk at a time: a million images never become a million futures or dicts at once,
+        # and a killed job keeps the chunks it stored.
+        for start in range(0, len(todo), _FLUSH_EVERY):
+            rows = todo[start : start + _FLUSH_EVERY]
+            facts = []
+            for item in pool.map(
+                lambda p: inspect_image(Path(p), limits), joined["file"].gather(rows).to_list()
+            ):
+                facts.append(item)
+                bar.update()
+            chunk = pl.DataFrame(facts, schema=FACTS_SCHEMA)
+            done.append(chunk)
+            if memo is not None:
+                settled = chunk.with_columns(
+                    joined["key"].gather(rows), joined["mtime_ns"].gather(rows)
+                ).filter(
+                    pl.col("key").is_not_null()
+                    & (pl.col("mtime_ns") < racy_after)
+                    & (
+                        pl.col("reason").is_null()
+                        | ~pl.col("reason").is_in(sorted(TRANSIENT_REASONS))
+                    )
+                )
+                memo.add(settled.select("key", *FACTS_SCHEMA))
+    fresh = pl.concat(done)
     return joined.with_columns(
         *(joined[name].scatter(todo, fresh[name]) for name in FACTS_SCHEMA),
         pl.Series("checked_now", missing.to_series(), dtype=pl.Boolean),

@@ -25,7 +25,6 @@ import hashlib
 import logging
 import os
 import stat
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,9 +160,16 @@ class FolderIndex:
 
     def __init__(self, relpaths: list[str]) -> None:
         self.relpaths = set(relpaths)
-        self.by_stem: dict[str, list[str]] = defaultdict(list)
+        # A stem's relative path, or its list when several files share it (rare: no list each).
+        self.by_stem: dict[str, str | list[str]] = {}
         for relpath in relpaths:
-            self.by_stem[normalise_image_id(_split(relpath)[1])].append(relpath)
+            stem = normalise_image_id(_split(relpath)[1])
+            known = self.by_stem.setdefault(stem, relpath)
+            if known is not relpath:
+                if isinstance(known, str):
+                    self.by_stem[stem] = [known, relpath]
+                else:
+                    known.append(relpath)
 
     def lookup(self, raw_id: str) -> list[str]:
         """The relative paths that match ``raw_id`` (none, one, or several: ambiguous)."""
@@ -171,7 +177,8 @@ class FolderIndex:
         if text in self.relpaths:
             return [text]
         folder, name = _split(text)
-        options = self.by_stem.get(normalise_image_id(name), [])
+        found = self.by_stem.get(normalise_image_id(name), [])
+        options = [found] if isinstance(found, str) else found
         if folder:
             options = [r for r in options if _split(r)[0] == folder]
         exact = [r for r in options if _split(r)[1] == name]

@@ -30,12 +30,23 @@ log = logging.getLogger(__name__)
 class Plan:
     """A dataset's rows and files before any image is read (see :func:`plan_dataset`)."""
 
+    #: the rejections found so far (its candidates are in ``frame``)
     found: Candidates
     scan: pl.DataFrame
+    images_dir: str
     shown_dir: str
     from_table: bool
-    #: one row per candidate: id, file, relpath, path shown, stat, memo key, table values
+    #: one row per candidate: id, relpath, path shown, stat, memo key, table values
     frame: pl.DataFrame
+
+    def with_files(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with the column ``file``: the path to open for each candidate."""
+        return frame.with_columns(
+            pl.when(pl.col("in_folder"))
+            .then(pl.lit(f"{self.images_dir}/") + pl.col("relpath"))
+            .otherwise(pl.col("relpath"))
+            .alias("file")
+        )
 
 
 def _display(path: Path, base: Path | None) -> str:
@@ -82,7 +93,6 @@ def plan_dataset(
     frame = pl.DataFrame(
         {
             "image_id": [c.image_id for c in rows],
-            "file": [c.file for c in rows],
             "relpath": [c.relpath for c in rows],
             "in_folder": [c.in_folder for c in rows],
             "source_row": [c.source_row for c in rows],
@@ -92,7 +102,6 @@ def plan_dataset(
         },
         schema={
             "image_id": pl.String,
-            "file": pl.String,
             "relpath": pl.String,
             "in_folder": pl.Boolean,
             "source_row": pl.Int64,
@@ -103,7 +112,7 @@ def plan_dataset(
     )
     frame = frame.join(scan, on="relpath", how="left", maintain_order="left")
     if not frame["in_folder"].all():  # files named by a file column, outside the image folder
-        stats = [None if c.in_folder else _stat(Path(c.file)) for c in rows]
+        stats = [None if c.in_folder else _stat(Path(c.relpath)) for c in rows]
         frame = frame.with_columns(
             pl.when(pl.col("in_folder"))
             .then(pl.col(name))
@@ -111,7 +120,8 @@ def plan_dataset(
             .alias(name)
             for i, name in enumerate(("bytes", "mtime_ns"))
         )
-    outside = [None if c.in_folder else display(Path(c.file)) for c in rows]
+    outside = [None if c.in_folder else display(Path(c.relpath)) for c in rows]
+    found.rows = []  # all in the frame now
     frame = frame.with_columns(
         pl.when(pl.col("in_folder"))
         .then(pl.lit(f"{shown_dir}/") + pl.col("relpath"))
@@ -119,7 +129,7 @@ def plan_dataset(
         .alias("path"),
         pl.concat_str(["relpath", "bytes", "mtime_ns"], separator="\0").alias("key"),
     )
-    return Plan(found, scan, shown_dir, metadata_table is not None, frame)
+    return Plan(found, scan, str(images_dir), shown_dir, metadata_table is not None, frame)
 
 
 def _stat(path: Path) -> tuple[int | None, int | None]:
@@ -148,7 +158,7 @@ def check_plan(
     if part is not None and parts > 1:
         frame = frame.filter(parts_of(frame, parts) == part)
     return check_images(
-        frame,
+        plan.with_files(frame),
         limits,
         memo_dir,
         workers,
@@ -171,7 +181,7 @@ def checked_from_parts(
     if lacking.height:
         log.warning("%d images are not in the parts' results: checking them here", lacking.height)
         redone = check_images(
-            lacking.select(base.columns),
+            plan.with_files(lacking.select(base.columns)),
             limits,
             memo_dir,
             workers,
