@@ -69,3 +69,37 @@ def test_ingest_split_into_parts_gathers_the_same_manifest_and_reruns_one_part(t
     assert "HTC_Desire.jpg" not in record
     listing = pl.read_parquet(workdir / "results/ingest/listing.parquet")
     assert listing.height == 21 and listing["sha256"].is_not_null().all()
+
+
+def test_fail_policy_writes_every_problem_beside_the_log(tmp_path):
+    """Snakemake deletes a failed job's outputs, so `on_bad_input: fail` lists every problem in
+    logs/ingest/corpus-rejected.csv; a Windows-1252 table is read when declared."""
+    workdir = copy_workflow(tmp_path / "wf", with_demo=False)
+    nested_photos(workdir / "photos")
+    names = sorted(p.stem for p in DEMO_IMAGES.iterdir())
+    rows = [f"{name},48.85,2.35" for name in names] + [f"ghost{i},1,1" for i in range(25)]
+    (workdir / "labels.csv").write_bytes(("id,lat,lon,lieu\n" + "\n".join(
+        f"{row},café" for row in rows) + "\n").encode("cp1252"))  # fmt: skip
+    corpus = {"images": "photos", "metadata": "labels.csv", "encoding": "cp1252"}
+    config = write_config(workdir, corpus=corpus, ingest={"on_bad_input": "fail"})
+    failed = snakemake(
+        workdir, "--configfile", str(config), "--until", "ingest_corpus", check=False
+    )
+    assert failed.returncode != 0
+    report = workdir / "logs" / "ingest" / "corpus-rejected.csv"
+    listed = pl.read_csv(report)
+    assert sorted(listed["image_id"]) == sorted(f"ghost{i}" for i in range(25))
+    log = (workdir / "logs" / "ingest" / "corpus.log").read_text()
+    assert "… and 5 more" in log and "All 25 are listed in logs/ingest/corpus-rejected.csv" in log
+    assert not (workdir / "results" / "manifest.parquet").exists()
+    # Without the declared encoding the job stops with an error naming the table, the line and
+    # the encoding (the header alone, checked at parse time, is plain ASCII here).
+    del corpus["encoding"]
+    config = write_config(workdir, corpus=corpus)
+    refused = snakemake(
+        workdir, "--configfile", str(config), "--until", "ingest_corpus", check=False
+    )
+    assert refused.returncode != 0
+    log = (workdir / "logs" / "ingest" / "corpus.log").read_text()
+    assert "labels.csv: the metadata table is not valid utf-8 text: line 2" in log
+    assert "Windows-1252" in log and "Traceback" not in log
