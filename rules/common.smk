@@ -28,22 +28,21 @@ from geolocsft.sft.train import WORKFLOW_KEYS
 from geolocsft.settings import canonical, with_defaults
 from geolocsft.workflow import script_code
 
+# One canonical form (sorted keys, numbers as the schema types them, nested `--config` values,
+# which Snakemake passes as text, typed by the schema): config blocks are params, and the same
+# configuration in another key order, YAML or --config, must not rerun a job. Defaults are then
+# filled by the package's reader of the same schema too, which also fills blocks that a $ref
+# points to and named entries (Snakemake's validate does neither).
+_typed_config = canonical(None, config)
+config.clear()
+config.update(_typed_config)
 validate(config, "../config/schema/config.schema.yaml")
-# One canonical form (sorted keys, numbers as the schema types them): config blocks are params,
-# and the same configuration in another key order, YAML or --config, must not rerun a job.
-_canonical_config = canonical(None, config)
+_canonical_config = canonical(None, with_defaults(None, config))
 config.clear()
 config.update(_canonical_config)
 
-# Dataset blocks with every default filled in (Snakemake's validation does not follow $ref),
-# in canonical form (they are params).
-CORPUS = canonical("corpus", with_defaults("corpus", config["corpus"]))
-BENCHMARKS = {
-    name: canonical(
-        "benchmarks.*", with_defaults("benchmarks.*", block, f"benchmarks.{name}")
-    )
-    for name, block in config["benchmarks"].items()
-}
+CORPUS = config["corpus"]
+BENCHMARKS = config["benchmarks"]
 # Hub datasets fetched and unpacked by rules/acquire.smk (results/acquired/<name>/).
 ACQUIRE = config["acquire"]["datasets"]
 EVAL_SETS = ["holdout", *BENCHMARKS]
