@@ -200,18 +200,6 @@ def checks_memo(root: Path, limits: CheckLimits) -> ItemTable:
     return ItemTable(root, IMAGE_CHECKS_KIND, version)
 
 
-def _load_known(memo: ItemTable, keys: pl.Series) -> pl.DataFrame | None:
-    # Another job may be compacting the same memo (parts running side by side): retry.
-    for attempt in range(3):
-        try:
-            return memo.load(keys)
-        except (OSError, pl.exceptions.PolarsError):
-            if attempt == 2:
-                raise
-            time.sleep(0.5)
-    return None
-
-
 def check_images(
     files: pl.DataFrame,
     limits: CheckLimits,
@@ -231,7 +219,7 @@ def check_images(
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # Pillow's limit follows the setting
     files = files.drop([name for name in FACTS_SCHEMA if name in files.columns])
     memo = checks_memo(memo_root, limits) if memo_root is not None else None
-    known = _load_known(memo, files["key"].drop_nulls()) if memo is not None else None
+    known = memo.load(files["key"].drop_nulls()) if memo is not None else None
     if known is not None and known.height:
         joined = files.join(
             known.select("key", *FACTS_SCHEMA), on="key", how="left", maintain_order="left"
