@@ -63,3 +63,9 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (developer/CI data beside the checkout) is absent")
     return SHARED
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the one-node SLURM tests last: the rest of the suite then never runs Snakemake on a
+    machine whose SLURM client tools point at a controller (see .ci/slurm/stop.sh)."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)

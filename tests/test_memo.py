@@ -51,3 +51,30 @@ def test_per_item_paths_are_sharded_by_a_stable_hash_of_the_id(tmp_path: Path):
     assert item_relpath(image_id, ".jpg") == f"{shard}/{image_id}.jpg"
     shards = {shard_of(f"img{i}") for i in range(2000)}
     assert len(shards) == 256
+
+
+def test_file_hashes_are_remembered_by_inode_size_and_mtime_and_redone_after_an_edit(
+    tmp_path: Path,
+):
+    import os
+
+    from geolocsft.audit import FileHashes, artifact_digest
+    from geolocsft.io import file_sha256
+
+    folder = tmp_path / "captions"
+    for i in range(3):
+        (folder / f"{i:02x}").mkdir(parents=True)
+        (folder / f"{i:02x}" / f"img{i}.json").write_text(f'{{"i": {i}}}\n')
+    memo = tmp_path / "memo"
+    first = FileHashes.in_memo(memo)
+    digest = artifact_digest(folder, first)
+    first.save()
+    assert digest == artifact_digest(folder)  # the same as hashing every file
+    later = FileHashes.in_memo(memo)  # another job
+    edited = folder / "01" / "img1.json"
+    later.sha256(folder / "00" / "img0.json")
+    assert not later.new  # remembered, not read again
+    edited.write_text('{"i": 42}\n')
+    os.utime(edited, ns=(1, 1))  # a different mtime, as any real edit has
+    assert later.sha256(edited) == file_sha256(edited)
+    assert artifact_digest(folder, later) == artifact_digest(folder)

@@ -101,3 +101,16 @@ def test_config_schema_in_config_folder_is_the_package_schema():
     linked = REPO / "config" / "schema" / "config.schema.yaml"
     assert linked.resolve() == (REPO / "src" / "geolocsft" / "config.schema.yaml").resolve()
     assert Path(linked).read_text() == (REPO / "src/geolocsft/config.schema.yaml").read_text()
+
+
+def test_config_values_given_as_text_on_the_command_line_are_typed_by_the_schema():
+    """`--config captions='{concurrency: 32}'` reaches the workflow as the text "32"."""
+    from geolocsft.settings import canonical
+
+    given = {"captions": {"concurrency": "32", "timeout_s": "120", "requests_per_minute": "null"}}
+    assert canonical(None, given) == {
+        "captions": {"concurrency": 32, "requests_per_minute": None, "timeout_s": 120.0}
+    }
+    assert canonical(None, {"captions": {"model": "123"}}) == {"captions": {"model": "123"}}
+    reordered = {"evaluate": {"seed": 1, "confidence": 0.9}}
+    assert list(canonical(None, reordered)["evaluate"]) == ["confidence", "seed"]

@@ -39,11 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from tqdm import tqdm
 
 from geolocsft.codegraph import code_version_from_files
 from geolocsft.errors import GeolocsftError
 from geolocsft.io import canonical_sha256, file_sha256
+from geolocsft.memo import ItemTable
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,59 @@ TRACKED_PACKAGES = (
 IGNORED_FILES = frozenset({".snakemake_timestamp"})
 
 
-def artifact_digest(path: Path) -> dict[str, Any]:
+class FileHashes:
+    """sha256 of files, remembered across jobs by (device, inode, size, mtime in ns).
+
+    Provenance records hash every input and output, and directory artifacts (caption files,
+    dataset media) hold one file per image: hashing them again in every job that reads them
+    would cost O(N) reads per job. As in git's index, a file whose inode, size and modification
+    time are unchanged is not read again; a file edited in place gets a new mtime and is
+    re-hashed. The memo (``memo.dir``) keeps the hashes; hard-linked copies of one file (the
+    per-item memo's blobs) share an inode and are hashed once. ``table=None`` hashes every file.
+    """
+
+    def __init__(self, table: ItemTable | None) -> None:
+        self.table = table
+        self.known: dict[str, str] | None = None
+        self.new: dict[str, str] = {}
+
+    @classmethod
+    def in_memo(cls, memo_dir: Path) -> FileHashes:
+        return cls(ItemTable(memo_dir, "file-sha256", "v1"))
+
+    def _load(self) -> dict[str, str]:
+        if self.known is None:
+            stored = self.table.load() if self.table is not None else None
+            self.known = dict(stored.iter_rows()) if stored is not None else {}
+        return self.known
+
+    def sha256(self, path: Path) -> str:
+        if self.table is None:
+            return file_sha256(path)
+        stat = path.stat()
+        key = f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+        known = self._load()
+        found = known.get(key) or self.new.get(key)
+        if found is None:
+            found = self.new[key] = file_sha256(path)
+        return found
+
+    def save(self) -> None:
+        """Keep the hashes computed since the last save (one new part of the table)."""
+        if self.table is not None and self.new:
+            self.table.add(
+                pl.DataFrame(
+                    {"key": list(self.new), "sha256": list(self.new.values())},
+                    schema={"key": pl.String, "sha256": pl.String},
+                )
+            )
+            self._load().update(self.new)
+            self.new = {}
+
+
+def artifact_digest(path: Path, hashes: FileHashes | None = None) -> dict[str, Any]:
     """``{"kind", "sha256", "bytes"[, "files"]}`` of a file or a directory tree."""
+    hashes = hashes or FileHashes(None)
     if path.is_dir():
         digest = hashlib.sha256()
         files = 0
@@ -89,12 +142,12 @@ def artifact_digest(path: Path) -> dict[str, Any]:
         files_in_tree = (p for p in path.rglob("*") if p.is_file() and p.name not in IGNORED_FILES)
         for item in sorted(files_in_tree):
             relative = item.relative_to(path).as_posix()
-            digest.update(f"{relative}\0{file_sha256(item)}\n".encode())
+            digest.update(f"{relative}\0{hashes.sha256(item)}\n".encode())
             files += 1
             size += item.stat().st_size
         return {"kind": "directory", "sha256": digest.hexdigest(), "bytes": size, "files": files}
     if path.is_file():
-        return {"kind": "file", "sha256": file_sha256(path), "bytes": path.stat().st_size}
+        return {"kind": "file", "sha256": hashes.sha256(path), "bytes": path.stat().st_size}
     raise FileNotFoundError(path)
 
 
@@ -160,6 +213,7 @@ def job_record(
     inputs: Sequence[str],
     outputs: Sequence[str],
     params: Mapping[str, Any],
+    hashes: FileHashes | None = None,
 ) -> dict[str, Any]:
     """The provenance record of a finished job (``outputs`` without the record itself)."""
     recorded: dict[str, Any] = to_jsonable(dict(params))
@@ -168,14 +222,14 @@ def job_record(
     input_digests = {}
     for path in dict.fromkeys(inputs):
         try:
-            input_digests[path] = artifact_digest(Path(path))
+            input_digests[path] = artifact_digest(Path(path), hashes)
         except FileNotFoundError:
             input_digests[path] = {"kind": "missing"}
     return {
         "schema": PROVENANCE_SCHEMA,
         "rule": rule,
         "wildcards": dict(wildcards),
-        "outputs": {path: artifact_digest(Path(path)) for path in dict.fromkeys(outputs)},
+        "outputs": {path: artifact_digest(Path(path), hashes) for path in dict.fromkeys(outputs)},
         "inputs": input_digests,
         "params": recorded,
         "params_sha256": canonical_sha256(recorded),
@@ -190,7 +244,9 @@ def job_record(
     }
 
 
-def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
+def build_manifest(
+    record_paths: Sequence[Path], hashes: FileHashes | None = None
+) -> dict[str, Any]:
     """Every artifact of the given provenance records, with its sha256 as it is now."""
     artifacts: dict[str, Any] = {}
     for record_path in tqdm(
@@ -200,12 +256,12 @@ def build_manifest(record_paths: Sequence[Path]) -> dict[str, Any]:
         if record.get("schema") != PROVENANCE_SCHEMA:
             raise GeolocsftError(f"{record_path}: not a {PROVENANCE_SCHEMA} record")
         for path, recorded in record["outputs"].items():
-            now = artifact_digest(Path(path))
+            now = artifact_digest(Path(path), hashes)
             if now["sha256"] != recorded["sha256"]:
                 log.warning("%s changed after its job (rule %s) wrote it", path, record["rule"])
             artifacts[path] = {**now, "rule": record["rule"], "provenance": str(record_path)}
         artifacts[str(record_path)] = {
-            **artifact_digest(record_path),
+            **artifact_digest(record_path, hashes),
             "rule": record["rule"],
             "provenance": str(record_path),
         }
@@ -267,8 +323,12 @@ def audit(
     manifest_path: Path,
     check_snakemake: bool = True,
     snakemake_args: Sequence[str] = (),
+    hashes: FileHashes | None = None,
 ) -> list[Finding]:
-    """Re-hash every artifact of the manifest and say what drifted (see the module doc)."""
+    """Re-hash every artifact of the manifest and say what drifted (see the module doc).
+
+    ``hashes`` may remember file hashes by inode, size and mtime (:class:`FileHashes`); without
+    it every file is read."""
     manifest_file = manifest_path if manifest_path.is_absolute() else workdir / manifest_path
     if not manifest_file.is_file():
         raise GeolocsftError(
@@ -309,7 +369,7 @@ def audit(
         if not target.exists():
             findings.append(Finding(path, "missing", rule, "listed in the manifest, not on disk"))
             continue
-        current = artifact_digest(target)
+        current = artifact_digest(target, hashes)
         if current["sha256"] != entry["sha256"]:
             findings.append(
                 Finding(

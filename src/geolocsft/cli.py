@@ -17,6 +17,7 @@ from typing import Any
 
 from geolocsft import __version__
 from geolocsft.errors import GeolocsftError
+from geolocsft.settings import with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,19 @@ def add_audit_command(subparsers: Subparsers) -> argparse.ArgumentParser:
         metavar="FILE",
         help="config file(s) the workflow was run with (passed on to snakemake)",
     )
+    parser.add_argument(
+        "--memo-dir",
+        type=Path,
+        default=Path(with_defaults("memo", {})["dir"]),
+        metavar="DIR",
+        help="the per-item memo (memo.dir of the config, relative to DIR), which remembers file "
+        "hashes by inode, size and mtime (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rehash",
+        action="store_true",
+        help="read and hash every file again, trusting no remembered hash",
+    )
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument("--all", action="store_true", help="list unchanged artifacts too")
     parser.set_defaults(handler=run_audit)
@@ -206,16 +220,20 @@ def run_audit(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from geolocsft.audit import audit, format_findings
+    from geolocsft.audit import FileHashes, audit, format_findings
 
     snakemake_args: list[str] = []
     for path in args.configfile:
         snakemake_args += ["--configfile", str(path)]
+    workdir = args.directory.resolve()
+    memo_dir = args.memo_dir if args.memo_dir.is_absolute() else workdir / args.memo_dir
+    hashes = FileHashes(None) if args.rehash else FileHashes.in_memo(memo_dir)
     findings = audit(
-        args.directory.resolve(),
+        workdir,
         args.manifest,
         check_snakemake=not args.no_snakemake,
         snakemake_args=snakemake_args,
+        hashes=hashes,
     )
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))

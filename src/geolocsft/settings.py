@@ -90,12 +90,16 @@ def section_keys(section: str) -> dict[str, dict[str, Any]]:
 
 
 def with_defaults(
-    section: str, values: Mapping[str, Any], where: str | None = None, required: bool = True
+    section: str | None,
+    values: Mapping[str, Any],
+    where: str | None = None,
+    required: bool = True,
 ) -> dict[str, Any]:
-    """``values`` completed with the schema's defaults (nested blocks too); unknown keys and
+    """``values`` (a block of ``section``; None: the whole config) completed with the schema's
+    defaults, nested blocks and named entries (``sft.runs.<name>``) too; unknown keys and
     (unless ``required`` is false) missing required keys raise :class:`GeolocsftError`."""
-    where = where or section
-    return _fill(section_schema(section), dict(values), where, required)
+    node = section_schema(section) if section else _resolve(schema())
+    return _fill(node, dict(values), where or section or "config", required)
 
 
 def _fill(
@@ -118,6 +122,13 @@ def _fill(
             filled[key] = copy.deepcopy(sub["default"])
         if isinstance(filled.get(key), dict) and sub.get("type") == "object":
             filled[key] = _fill(sub, filled[key], f"{where}.{key}", required)
+    entry = node.get("additionalProperties")
+    if isinstance(entry, dict):
+        entry = _resolve(entry)
+        if entry.get("type") == "object":
+            for key in set(filled) - set(properties):
+                if isinstance(filled[key], dict):
+                    filled[key] = _fill(entry, filled[key], f"{where}.{key}", required)
     return filled
 
 
@@ -145,9 +156,28 @@ def _canonical(node: dict[str, Any], value: Any) -> Any:
         return [_canonical(_resolve(items) if isinstance(items, dict) else {}, v) for v in value]
     types = node.get("type")
     types = types if isinstance(types, list) else [types]
+    if isinstance(value, str) and "string" not in types:
+        value = _from_text(value, types)
     if "number" in types and "integer" not in types and type(value) is int:
         return float(value)
     return value
+
+
+def _from_text(text: str, types: list[Any]) -> Any:
+    """A scalar given as text where the schema wants another type: ``--config`` passes nested
+    values as text (``--config captions='{concurrency: 32}'`` gives ``"32"``)."""
+    lowered = text.strip().lower()
+    if "null" in types and lowered in ("null", "~", "none", ""):
+        return None
+    if "boolean" in types and lowered in ("true", "false"):
+        return lowered == "true"
+    for kind, parse in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return parse(text)
+            except ValueError:
+                continue
+    return text
 
 
 def config_key(field: dataclasses.Field[Any]) -> str | None:

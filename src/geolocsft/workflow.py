@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geolocsft.audit import job_record
+from geolocsft.audit import FileHashes, job_record
 from geolocsft.codegraph import PACKAGE, script_code_version
 from geolocsft.errors import GeolocsftError
 from geolocsft.io import atomic_write_json
@@ -63,7 +63,11 @@ def write_provenance(smk: Any) -> None:
     record_path = Path(smk.output.provenance)
     outputs = [str(p) for p in smk.output if str(p) != str(record_path)]
     params = {name: value for name, value in smk.params.items()}
-    record = job_record(smk.rule, dict(smk.wildcards.items()), list(smk.input), outputs, params)
+    hashes = FileHashes.in_memo(Path(smk.config["memo"]["dir"]))
+    record = job_record(
+        smk.rule, dict(smk.wildcards.items()), list(smk.input), outputs, params, hashes
+    )
+    hashes.save()
     atomic_write_json(record_path, record)
 
 
