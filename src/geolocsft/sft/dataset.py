@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from geolocsft.captions.documents import find_caption_file, read_caption
 from geolocsft.errors import GeolocsftError
 from geolocsft.images import ImagePreparation, prepared_jpeg
 from geolocsft.io import atomic_write_bytes, atomic_write_json
@@ -146,7 +147,7 @@ def build_dataset(
         if image_id not in paths:
             skip("not_in_manifest", image_id)
             continue
-        document = json.loads((captions_dir / f"{image_id}.json").read_text(encoding="utf-8"))
+        document = read_caption(find_caption_file(captions_dir, image_id))
         sample = {
             "conversations": [
                 {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"},
