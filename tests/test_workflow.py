@@ -205,8 +205,8 @@ def test_the_same_configuration_in_another_key_order_or_via_config_plans_nothing
     reordered.write_text(yaml.safe_dump(_reversed_keys(config), sort_keys=False))
     assert planned_jobs(workdir) == {}
     # The same values on the command line, a number written as an integer (timeout_s is a
-    # `number` in the schema: 120 and 120.0 are one setting).
-    same = "{backend: metadata, timeout_s: 120, concurrency: 8, splits: [train]}"
+    # `number` in the schema: 600 and 600.0 are one setting).
+    same = "{backend: metadata, timeout_s: 600, concurrency: 8, splits: [train]}"
     assert planned_jobs(workdir, "--config", f"captions={same}") == {}
     # A real change is still seen.
     assert "evaluate" in planned_jobs(workdir, "--config", "evaluate={seed: 1}")
@@ -354,11 +354,11 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
         assert standin.state.api_keys == {key}
     manifest = pl.read_parquet(workdir / "results" / "manifest.parquet")
     folder = workdir / "results" / "geocaptions" / "gemini-gemini-2.5-flash" / "geocaption-v1"
-    captioned = sorted(p.stem for p in (folder / "captions").glob("*.json"))
+    captioned = sorted(p.stem for p in (folder / "captions").rglob("*.json"))
     assert captioned == sorted(manifest.filter(pl.col("split") == "train")["image_id"])
     assert first == len(captioned) + 2  # one 429 and one malformed answer were retried
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["from_store"] == len(captioned) and summary["api_calls"] == 0
+    assert summary["from_store"] == len(captioned) and summary["requests_sent"] == 0
     stats = json.loads((workdir / "results" / "sft" / "geocaptions" / "stats.json").read_text())
     assert stats["samples"] == len(captioned)
     summary_table = pl.read_csv(workdir / "results" / "eval" / "summary.csv")

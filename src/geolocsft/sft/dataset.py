@@ -47,12 +47,13 @@ import polars as pl
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from geolocsft.captions.documents import find_caption_file, read_caption
 from geolocsft.captions.schema import GeoCaption
 from geolocsft.codegraph import module_code_version
 from geolocsft.errors import GeolocsftError
 from geolocsft.images import ImagePreparation, prepared_jpeg
 from geolocsft.io import atomic_write_json, read_text_table
-from geolocsft.layout import item_path, item_relpath, part_of
+from geolocsft.layout import item_relpath, part_of
 from geolocsft.memo import BlobStore, ItemTable, memo_version
 from geolocsft.splits import in_fraction
 
@@ -99,17 +100,10 @@ def answer_format(target: Target) -> Literal["caption", "coordinates"]:
     return "coordinates" if target == "coordinates" else "caption"
 
 
-def caption_path(captions_dir: Path, image_id: str) -> Path:
-    """The caption file of an image: sharded (``<shard>/<id>.json``) or flat (``<id>.json``)."""
-    sharded = item_path(captions_dir, image_id, ".json")
-    return sharded if sharded.is_file() else captions_dir / f"{image_id}.json"
-
-
-def read_caption(path: Path) -> GeoCaption:
-    """The geo-caption of a caption file, validated by the caption schema."""
+def read_geocaption(path: Path) -> GeoCaption:
+    """The geo-caption of a caption file (earlier schemas upgraded), validated by the schema."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        return GeoCaption.model_validate(document["caption"])
+        return GeoCaption.model_validate(read_caption(path)["caption"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
         raise GeolocsftError(f"{path}: not a readable geo-caption file ({exc})") from None
 
@@ -319,8 +313,8 @@ def build_dataset(
         )
     samples: list[tuple[SourceImage, dict[str, Any], bool]] = []
     for image in selection.images:
-        path = caption_path(captions_dir, image.image_id)
-        caption = read_caption(path)
+        path = find_caption_file(captions_dir, image.image_id)
+        caption = read_geocaption(path)
         text = assistant_text(caption, settings.target, image.lat, image.lon, str(path))
         sample = {
             "conversations": [
