@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/geocaption.py [--quick] [--images N] [--concurrency C]
         [--latency S] [--repeats K] [--corpus M] [--noop-repeats R] [--workdir DIR]
+        [--pacing] [--limiter] [--rebuild] [--only-new]
 
 1. **Throughput.** ``N`` (500) distinct 320x240 JPEGs (fixed seed) are captioned with the real
    ``google-genai`` SDK against the loopback stand-in (``geolocsft.testing.standin``, ``S`` = 1.0
@@ -18,6 +19,23 @@
    <target>`` with nothing to do, ``snakemake --cores 2 -n <target>`` (Snakemake's own floor
    for this workflow: parse + DAG) and a one-rule Snakefile (the floor of any Snakemake call).
 
+3. **Pacing at a capped server** (``--pacing``). ``--pacing-images`` (500) images, concurrency
+   ``C``, latency ``S``, and a stand-in that enforces ``--pacing-rpm`` (250) requests per minute
+   over a sliding 60 s window of arrivals (a request over the cap gets 429 with RetryInfo and is
+   counted). Once with this version's limiter, once with a copy of the earlier one (a log of the
+   last minute, each request stamped when it is granted). Goal: 0 over-cap 429s and at least
+   90% of min(C / S, RPM / 60).
+4. **Limiter cost** (``--limiter``): microseconds per request of the limiter with 1,000 to
+   100,000 requests in the window, this version vs the earlier one (which summed the window on
+   every request, with or without a cap).
+5. **Caption files rebuilt at scale** (``--rebuild``): ``--rebuild-images`` (100,000) manifest
+   rows whose answers are in the response store (a Gemini captioner; the answers are written
+   straight into the store, no image files are needed), and the same rows with the offline
+   ``metadata`` backend. The stage (``captions.stage.run_stage``: manifest in, caption files,
+   index and summary out) runs in a fresh process per measurement, with the per-item memo empty
+   (every file built from the store) and full (every file linked from the memo); wall time,
+   files per second and the process's peak RSS. Goal: >= 5,000 files per second from the memo.
+
 Prints one table per part (medians) and whether each goal is met.
 """
 
@@ -25,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -52,9 +72,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from geolocsft.captions.backends import GeminiBackend, GenerationParams  # noqa: E402
+from geolocsft.captions.backends import GenerationParams  # noqa: E402
+from geolocsft.captions.documents import CaptionItem  # noqa: E402
+from geolocsft.captions.gemini import GeminiBackend  # noqa: E402
 from geolocsft.captions.prompts import PromptTemplate  # noqa: E402
-from geolocsft.captions.runner import CaptionItem, RunnerSettings, caption_images  # noqa: E402
+from geolocsft.captions.ratelimit import RateLimiter  # noqa: E402
+from geolocsft.captions.requests import RunnerSettings  # noqa: E402
+from geolocsft.captions.runner import CaptionRun, caption_images  # noqa: E402
 from geolocsft.captions.stage import captioner_name, run_stage  # noqa: E402
 from geolocsft.captions.store import ResponseStore  # noqa: E402
 from geolocsft.settings import configured  # noqa: E402
@@ -204,7 +228,7 @@ def time_runner(
         wall = time.perf_counter() - started
     if summary["captioned"] != len(items):
         raise RuntimeError(f"not every image was captioned: {summary}")
-    requests = (state.requests - before) if state is not None else summary["api_calls"]
+    requests = (state.requests - before) if state is not None else summary["requests_sent"]
     return Timing(
         wall, requests, in_flight(state, requests), loop.busy_s if loop is not None else None
     )
@@ -500,6 +524,288 @@ def noop(args: argparse.Namespace, work: Path) -> list[str]:
     return lines
 
 
+# -- part 3: pacing at a server that enforces the cap ----------------------------------------
+
+
+class EarlierLimiter:
+    """A copy of the limiter this version replaced, for comparison only: a log of the last
+    window's requests, summed on every request; a request is stamped when it is granted, so a
+    window's whole budget goes out at once, followed by a wait."""
+
+    def __init__(self, requests: int | None, tokens: int | None, window_s: float = 60.0) -> None:
+        self.requests, self.tokens, self.window_s = requests, tokens, window_s
+        self.events: collections.deque[list[float]] = collections.deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int) -> list[float]:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self.events and self.events[0][0] <= now - self.window_s:
+                    self.events.popleft()
+                used_tokens = sum(e[1] for e in self.events)
+                requests_ok = self.requests is None or len(self.events) < self.requests
+                tokens_ok = (
+                    self.tokens is None or used_tokens + tokens <= self.tokens or not self.events
+                )
+                if requests_ok and tokens_ok:
+                    event = [now, float(tokens)]
+                    self.events.append(event)
+                    return event
+                await asyncio.sleep(max(self.events[0][0] + self.window_s - now, 0.001))
+
+    def settle(self, event: list[float], tokens: int | None) -> None:
+        if tokens is not None:
+            event[1] = float(tokens)
+
+    def check(self, tokens: int) -> None:
+        return None
+
+
+def pacing(args: argparse.Namespace, work: Path) -> list[str]:
+    n, c, latency, rpm = args.pacing_images, args.concurrency, args.latency, args.pacing_rpm
+    shutil.rmtree(work, ignore_errors=True)
+    items = make_caption_items(work / "images", n, seed=3)
+    ideal = min(c / latency, rpm / 60)
+    lines = [
+        f"### Pacing: {n} images, concurrency {c}, latency {latency:g} s, the server enforces "
+        f"{rpm} requests per sliding 60 s window (ideal rate min({c} / {latency:g}, {rpm} / 60) "
+        f"= {ideal:.2f} img/s)",
+        "",
+        "| limiter | wall (s) | images/s | % of ideal | requests sent | 429 over the cap "
+        "| most arrivals in 60 s | most admitted in 60 s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, earlier in (
+        ("smooth, on send time, 5% margin (this version)", False),
+        ("log of the last minute, stamped when granted (earlier)", True),
+    ):
+        state = StandinState(latency_s=latency, requests_per_minute=rpm)
+        with Standin(state) as standin:
+            settings = configured(
+                RunnerSettings, concurrency=c, requests_per_minute=rpm, max_new_requests=None
+            )
+            run = CaptionRun(
+                gemini_backend(standin.url),
+                ResponseStore(work / name[:6] / "store"),
+                PromptTemplate.load(PROMPT),
+                settings,
+                work / name[:6] / "captions",
+            )
+            if earlier:
+                run.limiter = run.requester.limiter = EarlierLimiter(rpm, None)  # type: ignore[assignment]
+            started = time.perf_counter()
+            index = asyncio.run(run.run(items, progress=False))
+            wall = time.perf_counter() - started
+            summary = run.summary(index, wall)
+        rate = summary["captioned"] / wall
+        lines.append(
+            f"| {name} | {wall:.1f} | {rate:.2f} | {100 * rate / ideal:.0f}% "
+            f"| {summary['requests_sent']} | {state.rejected_over_cap} "
+            f"| {state.max_requests_in_window(60.0)} "
+            f"| {state.max_requests_in_window(60.0, admitted_only=True)} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+# -- part 4: what the limiter costs per request ----------------------------------------------
+
+
+def limiter_cost() -> list[str]:
+    lines = [
+        "### Limiter cost per request (microseconds; the window holds P requests)",
+        "",
+        "| P requests in the window | this version, RPM cap | this version, no cap "
+        "| earlier, RPM cap | earlier, no cap |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    for population in (1_000, 10_000, 100_000):
+        cells = []
+        for cap in (population * 10, None):
+            clock = Clock()
+            limiter = RateLimiter(cap, None, 60.0, 0.05, clock)
+            step = 60.0 / population
+            for _ in range(population):  # fill the window
+                clock.now += step
+                limiter.reserve(100)
+            calls = 100_000
+            started = time.perf_counter()
+            for _ in range(calls):
+                clock.now += step
+                limiter.reserve(100)
+            cells.append(1e6 * (time.perf_counter() - started) / calls)
+        for cap in (population * 10, None):
+            earlier = EarlierLimiter(cap, None)
+            now = time.monotonic()
+            earlier.events.extend([now + i * 1e-9, 100.0] for i in range(population))
+            calls = max(200, 2_000_000 // population)
+
+            async def many(limiter: EarlierLimiter = earlier, count: int = calls) -> float:
+                started = time.perf_counter()
+                for _ in range(count):
+                    await limiter.acquire(100)
+                    limiter.events.popleft()  # keep P events in the window
+                return time.perf_counter() - started
+
+            cells.append(1e6 * asyncio.run(many()) / calls)
+        lines.append(f"| {population:,} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    return lines
+
+
+# -- part 5: caption files rebuilt at scale ---------------------------------------------------
+
+
+def scale_manifest(path: Path, count: int, seed: int = 5) -> pl.DataFrame:
+    """``count`` manifest rows of images that need not exist (no image is read here)."""
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i:07d}" for i in range(count)]
+    frame = pl.DataFrame(
+        {
+            "image_id": ids,
+            "path": [f"/nonexistent/{i}.jpg" for i in ids],
+            "sha256": [hashlib.sha256(i.encode()).hexdigest() for i in ids],
+            "lat": np.degrees(np.arcsin(rng.uniform(-0.95, 0.95, count))).round(6),
+            "lon": rng.uniform(-180, 180, count).round(6),
+            "split": ["train"] * count,
+            "nearest_place": ["Benchmarkville"] * count,
+            "admin1": ["Nowhere"] * count,
+            "country_code": ["ZZ"] * count,
+        }
+    )
+    frame.write_parquet(path)
+    return frame
+
+
+def fill_store(manifest: pl.DataFrame, config: dict[str, Any], store: Path) -> None:
+    """Write one valid answer per row straight into the store (what a paid run leaves)."""
+    from geolocsft.captions.stage import backend_identity
+    from geolocsft.captions.store import response_key
+    from geolocsft.io import atomic_write_bytes, json_bytes
+    from geolocsft.testing.standin import caption_for
+
+    backend, model, params = backend_identity(config)
+    prompt = PromptTemplate.load(PROMPT)
+    for image_id, sha256, lat, lon in manifest.select(
+        "image_id", "sha256", "lat", "lon"
+    ).iter_rows():
+        key = response_key(
+            image_sha256=sha256,
+            prompt_sha256=prompt.sha256,
+            backend=backend,
+            model=model,
+            params=params,
+            schema_version="geocaption-2",
+        )
+        record = {
+            "key": key,
+            "identity": {
+                "image_sha256": sha256,
+                "prompt_sha256": prompt.sha256,
+                "backend": backend,
+                "model": model,
+                "params": params,
+                "schema_version": "geocaption-2",
+            },
+            "origin": "api",
+            "first_image_id": image_id,
+            "prompt_version": prompt.version,
+            "response": {
+                "text": json.dumps(caption_for(lat, lon)),
+                "finish_reason": "STOP",
+                "block_reason": None,
+                "usage": {"prompt_tokens": 1290, "output_tokens": 410, "total_tokens": 1700},
+                "model_version": "standin",
+                "response_id": None,
+                "latency_s": 1.0,
+                "max_output_tokens": 4096,
+            },
+            "raw": {},
+            "sdk": "benchmark",
+            "received_at": "2026-01-01T00:00:00Z",
+        }
+        path = store / "responses" / key[:2] / f"{key}.json"
+        atomic_write_bytes(path, json_bytes(record), fsync=False)
+
+
+def stage_in_child(
+    manifest: Path, config: dict[str, Any], out: Path, memo: Path
+) -> tuple[float, float]:
+    """``run_stage`` in a fresh process: its wall time and peak RSS (MB)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_stage_child, (manifest, config, out, memo))
+
+
+def _stage_child(
+    manifest: Path, config: dict[str, Any], out: Path, memo: Path
+) -> tuple[float, float]:
+    import resource
+
+    os.environ["GEMINI_API_KEY"] = DUMMY_KEY
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    summary = run_stage(
+        manifest,
+        PROMPT,
+        config,
+        out / "captions",
+        out / "index.csv",
+        out / "summary.json",
+        progress=False,
+        memo_dir=memo,
+    )
+    wall = time.perf_counter() - started
+    if summary["captioned"] != summary["images"] or summary["requests_sent"]:
+        raise RuntimeError(f"not a rebuild without requests: {summary}")
+    return wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rebuild(args: argparse.Namespace, work: Path) -> list[str]:
+    n = args.rebuild_images
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    manifest_path = work / "manifest.parquet"
+    manifest = scale_manifest(manifest_path, n)
+    config_gemini = stage_config("http://127.0.0.1:9", work / "store", 32)
+    config_metadata = {**config_gemini, "backend": "metadata"}
+    backends = args.rebuild_backends.split(",")
+    if "gemini" in backends:
+        fill_store(manifest, config_gemini, work / "store")
+    print(
+        f"{n:,} manifest rows and stored answers made in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    lines = [
+        f"### Caption files rebuilt: {n:,} images, run_stage in a fresh process each",
+        "",
+        "| backend | per-item memo | wall (s) | files/s | peak RSS (MB) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, config in (
+        ("gemini (answers in the store)", config_gemini),
+        ("metadata (offline)", config_metadata),
+    ):
+        if config["backend"] not in backends:
+            continue
+        memo = work / f"memo-{config['backend']}"
+        for state in ("empty", "full", "full"):
+            wall, rss = stage_in_child(manifest_path, config, work / "out", memo)
+            lines.append(f"| {name} | {state} | {wall:.1f} | {n / wall:,.0f} | {rss:,.0f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -545,6 +851,18 @@ def main() -> None:
     )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-noop", action="store_true")
+    parser.add_argument("--pacing", action="store_true", help="part 3: pacing at a capped server")
+    parser.add_argument("--pacing-images", type=int, default=500)
+    parser.add_argument("--pacing-rpm", type=int, default=250)
+    parser.add_argument("--limiter", action="store_true", help="part 4: limiter cost")
+    parser.add_argument("--rebuild", action="store_true", help="part 5: caption files at scale")
+    parser.add_argument("--rebuild-images", type=int, default=100_000)
+    parser.add_argument(
+        "--rebuild-backends", default="gemini,metadata", help="comma-separated (gemini,metadata)"
+    )
+    parser.add_argument(
+        "--only-new", action="store_true", help="skip parts 1 and 2 (throughput, no-op rerun)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes")
     parser.add_argument(
         "--workdir",
@@ -554,6 +872,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeats, args.corpus, args.noop_repeats = 64, 1, 120, 1
+        args.pacing_images, args.rebuild_images = 40, 2000
+    if args.only_new:
+        args.skip_throughput = args.skip_noop = True
     logging.basicConfig(level=logging.WARNING)
     os.environ["GEMINI_API_KEY"] = DUMMY_KEY  # the stand-in accepts any key
     os.environ.pop("GOOGLE_API_KEY", None)
@@ -571,6 +892,13 @@ def main() -> None:
             noop_lines = noop(args, work / "noop")
             print("\n".join(noop_lines), flush=True)
             tables += noop_lines
+        if args.limiter:
+            tables += [*limiter_cost(), ""]
+            print("\n".join(tables[-6:]), flush=True)
+        if args.rebuild:
+            tables += [*rebuild(args, work / "rebuild"), ""]
+        if args.pacing:
+            tables += [*pacing(args, work / "pacing"), ""]
     print("\n# summary\n")
     print("\n".join(tables))
     print(

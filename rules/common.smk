@@ -1,5 +1,7 @@
 # Loads and validates the config and the input tables at parse time, and holds the helper
 # functions the other rule files use. No rules here.
+import functools
+import hashlib
 import os
 import re
 import sys
@@ -18,11 +20,11 @@ use_checkout_package(SRC_DIR)
 
 from geolocsft.captions.stage import captioner_name, gemini_key_variable
 from geolocsft.sft.models import hub_model_slug
+from geolocsft.sft.model_family import tiny_family
 from geolocsft.errors import GeolocsftError
-from geolocsft.hub.acquire import ACQUIRED_COLUMNS
-from geolocsft.images import IMAGE_SUFFIXES
+from geolocsft.hub.unpacking import ACQUIRED_COLUMNS
+from geolocsft.image_folder import listing_digests
 from geolocsft.tables import ColumnMap, check_table_columns
-from geolocsft.sft.train import WORKFLOW_KEYS
 from geolocsft.settings import canonical, with_defaults
 from geolocsft.workflow import script_code
 
@@ -127,7 +129,7 @@ for _name, _run in SFT_RUNS.items():
 HUB_MODELS = {
     hub_model_slug(run["model"], run["revision"]): (run["model"], run["revision"])
     for run in SFT_RUNS.values()
-    if run["model"] != "tiny" and not Path(run["model"]).exists()
+    if tiny_family(run["model"]) is None and not Path(run["model"]).exists()
 }
 
 
@@ -147,15 +149,32 @@ def _check_dataset(label, dataset):
     images = Path(dataset["images"])
     if not images.is_dir():
         raise WorkflowError(f"{label}.images: image folder {images} not found")
+    split_by = config["ingest"]["split_by"]
     if dataset.get("metadata"):
         try:
             check_table_columns(
-                Path(dataset["metadata"]), ColumnMap(**dataset["columns"])
+                Path(dataset["metadata"]),
+                ColumnMap(**dataset["columns"]),
+                dataset["encoding"],
+                # The corpus' split groups come from this column.
+                required=[split_by] if split_by and label == "corpus" else [],
             )
         except GeolocsftError as exc:
             raise WorkflowError(f"{label}.metadata: {exc}") from None
+    elif split_by and label == "corpus":
+        raise WorkflowError(
+            f"ingest.split_by: {split_by!r} names a metadata table column, but the corpus has "
+            "no metadata table (EXIF GPS); use ingest.split_group_pattern on the ids instead"
+        )
 
 
+if config["ingest"]["split_group_pattern"] is not None:
+    try:
+        re.compile(config["ingest"]["split_group_pattern"])
+    except re.error as exc:
+        raise WorkflowError(
+            f"ingest.split_group_pattern: not a regular expression: {exc}"
+        ) from None
 _check_dataset("corpus", CORPUS)
 for _name, _dataset in BENCHMARKS.items():
     _check_dataset(f"benchmarks.{_name}", _dataset)
@@ -199,32 +218,50 @@ def dataset_config(name):
             "images": f"{folder}/images",
             "metadata": f"{folder}/metadata.csv",
             "columns": dict(ACQUIRED_COLUMNS),
+            "encoding": "utf-8",
         }
     return dataset
 
 
 def dataset_inputs(name):
-    """Inputs of a dataset's ingest: its image files and its metadata table, if any. An acquired
-    dataset's are the outputs of its acquire_dataset job (so ingest runs after it)."""
+    """Inputs of a dataset's ingest: its metadata table, if any, and never its image files (a
+    million paths would cost Snakemake minutes and gigabytes to plan): changes to the images
+    reach the jobs through the param `images_digest`. An acquired dataset's inputs are outputs
+    of its acquire_dataset job (so ingest runs after it)."""
     dataset = dataset_config(name)
     if dataset.get("acquired"):
         folder = acquired_dir(dataset["acquired"])
-        return {
-            "images": f"{folder}/images",
-            "metadata": f"{folder}/metadata.csv",
-            "source": f"{folder}/source.json",
-        }
-    folder = Path(dataset["images"])
-    inputs = {
-        "images": sorted(
-            str(p)
-            for p in folder.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-    }
-    if dataset.get("metadata"):
-        inputs["metadata"] = dataset["metadata"]
-    return inputs
+        return {"metadata": f"{folder}/metadata.csv", "source": f"{folder}/source.json"}
+    return {"metadata": dataset["metadata"]} if dataset.get("metadata") else {}
+
+
+@functools.cache
+def _listing_digests(name):
+    dataset = dataset_config(name)
+    if dataset.get("acquired"):
+        return None  # its source.json (an input) changes whenever its images do
+    return listing_digests(Path(dataset["images"]), config["scale_out"]["parts"])
+
+
+def images_digest(name, part=None):
+    """A digest of the listing (relative path, size, mtime) of the dataset's images, of
+    one part or of all: a param of the ingest jobs, so that adding, removing or changing an
+    image anywhere under the folder reruns them. Computed once per Snakemake run, and only for
+    the ingest jobs in the DAG (a stat per image, no read)."""
+    digests = _listing_digests(name)
+    if digests is None:
+        return "acquired"
+    if part is not None:
+        return digests[part]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def ingest_part_files(name):
+    """The part results an ingest job gathers (scale_out.parts > 1), or none."""
+    parts = config["scale_out"]["parts"]
+    if parts == 1:
+        return []
+    return [f"results/ingest/parts/{name}/part-{p}.parquet" for p in range(parts)]
 
 
 def manifest_of(dataset):
@@ -237,75 +274,6 @@ def manifest_of(dataset):
 def dataset_of(evalset):
     """The dataset an eval set's images come from ('holdout' is the corpus' test split)."""
     return "corpus" if evalset == "holdout" else evalset
-
-
-def model_dir(run):
-    """The folder of a run's base model: built, downloaded, or the user's own."""
-    if run["model"] == "tiny":
-        return "results/models/tiny-qwen2vl"
-    if Path(run["model"]).exists():
-        return run["model"]
-    return f"results/models/hub/{hub_model_slug(run['model'], run['revision'])}"
-
-
-def train_inputs(wildcards):
-    run = SFT_RUNS[wildcards.run]
-    folder = f"results/sft/{run['dataset']}"
-    dataset = [
-        f"{folder}/{run['dataset']}.json",
-        f"{folder}/dataset_info.json",
-        f"{folder}/media",
-    ]
-    if not run["retrain_when_dataset_changes"]:
-        # A pinned model: a changed dataset does not make it stale (force with --forcerun).
-        dataset = [ancient(path) for path in dataset]
-    return {
-        "dataset": dataset,
-        "model": model_dir(run),
-        "deepspeed": "config/deepspeed",
-        # The token-length check runs first, so on_truncation: fail stops a run before training;
-        # ancient(): a change to the check alone never retrains a model.
-        "token_stats": ancient(f"results/train/{wildcards.run}/token_lengths.json"),
-    }
-
-
-def training_settings(name):
-    """The keys of a run that shape its model (see geolocsft.sft.train.WORKFLOW_KEYS)."""
-    return {k: v for k, v in SFT_RUNS[name].items() if k not in WORKFLOW_KEYS}
-
-
-def instruction_of_run(name):
-    dataset = SFT_DATASETS[SFT_RUNS[name]["dataset"]]
-    return f"config/prompts/{dataset['instruction']}.txt"
-
-
-# SLURM resources of training and prediction jobs, from each run's `slurm` block.
-SLURM_RESOURCE_DEFAULTS = {
-    "gpu": None,  # the run's `gpus`
-    "cpus_per_gpu": 8,
-    "mem_mb": 64000,
-    "runtime": 720,
-    "slurm_partition": "gpu",
-}
-_SLURM_KEYS = [*SLURM_RESOURCE_DEFAULTS] + sorted(
-    {k for run in SFT_RUNS.values() for k in run["slurm"]}
-    - set(SLURM_RESOURCE_DEFAULTS)
-)
-
-
-def _slurm_resource(key):
-    def value(wildcards):
-        run = SFT_RUNS[wildcards.run]
-        if key in run["slurm"]:
-            return run["slurm"][key]
-        if key == "gpu":
-            return run["gpus"]
-        return SLURM_RESOURCE_DEFAULTS.get(key, "")
-
-    return value
-
-
-TRAIN_RESOURCES = {key: _slurm_resource(key) for key in _SLURM_KEYS}
 
 
 def provenance(rule, *wildcards):
@@ -322,14 +290,15 @@ def all_provenance():
         provenance("leakage"),
     ]
     records += [provenance("ingest_benchmark", b) for b in BENCHMARKS]
+    if config["scale_out"]["parts"] > 1:
+        records += [
+            provenance("ingest_part", d, str(p))
+            for d in ["corpus", *BENCHMARKS]
+            for p in range(config["scale_out"]["parts"])
+        ]
     acquired = {d.get("acquired") for d in [CORPUS, *BENCHMARKS.values()]} - {None}
     records += [provenance("acquire_dataset", a) for a in sorted(acquired)]
-    records += [provenance("sft_dataset", d) for d in SFT_DATASETS]
-    if any(run["model"] == "tiny" for run in SFT_RUNS.values()):
-        records.append(provenance("build_tiny_model"))
-    records += [provenance("download_model", slug) for slug in HUB_MODELS]
-    records += [provenance("sft_train", run) for run in SFT_RUNS]
-    records += [provenance("sft_token_stats", run) for run in SFT_RUNS]
+    records += sft_provenance()  # rules/sft.smk
     if "knn" in BASELINES:
         used = {"corpus", *(dataset_of(e) for e in EVAL_SETS)}
         records += [provenance("image_features", d) for d in sorted(used)]

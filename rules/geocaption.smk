@@ -21,6 +21,8 @@ rule geocaption:
         provenance=provenance("geocaption"),
     log:
         f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.log",
+        # Every attempt of every image left without a caption (kept when the job fails).
+        failures=f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.failures.csv",
     benchmark:
         f"results/runtime/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.tsv"
     conda:
@@ -29,6 +31,7 @@ rule geocaption:
         captioner=CAPTIONER,
         prompt_version=CAPTIONS["prompt_version"],
         settings=CAPTIONS,
+        memo=config["memo"]["dir"],
         code=code_of_script("geocaption"),
     message:
         "Geo-captions with {params.captioner}, prompt {params.prompt_version}"

@@ -1,9 +1,47 @@
 # Supervised fine-tuning: LLaMA-Factory datasets from the valid geo-captions, training runs
 # and their predictions. Downloads stay on the submit host; training and prediction are GPU jobs.
+#
+# What makes a run retrain (see README "When does a run retrain?"): sft_train's params are every
+# run setting that shapes the weights (geolocsft.sft.train.WORKFLOW_KEYS are the others), its
+# inputs the dataset it trains on, the base model, the DeepSpeed configs and the token counts
+# (whose own params are only what shapes the counts). No input reaches it through ancient(),
+# so Snakemake always checks its own params. A pinned run (retrain_when_dataset_changes: false)
+# trains on a snapshot of its dataset that is made once and has no producing job afterwards.
+
+
+include: "sft_common.smk"
 
 
 localrules:
     download_model,
+
+
+rule sft_media:
+    input:
+        manifest="results/manifest.parquet",
+        # Training images that are eval images (rules/leakage.smk): never in a dataset.
+        excluded="results/leakage/train_excluded.csv",
+        captions=f"{CAPTION_DIR}/captions",
+        index=f"{CAPTION_DIR}/index.csv",
+    output:
+        part="results/parts/sft_media/{sft_dataset}/{part}.parquet",
+    log:
+        "logs/sft/media-{sft_dataset}-{part}.log",
+    benchmark:
+        "results/runtime/sft/media-{sft_dataset}-{part}.tsv"
+    wildcard_constraints:
+        part=r"\d+",
+    conda:
+        "../envs/captions.yaml"
+    params:
+        settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],
+        parts=PARTS,
+        memo_dir=MEMO_DIR,
+        code=code_of_script("sft_media"),
+    message:
+        "Media of dataset {wildcards.sft_dataset}, part {wildcards.part} of {params.parts}"
+    script:
+        "../scripts/sft_media.py"
 
 
 rule sft_dataset:
@@ -16,10 +54,12 @@ rule sft_dataset:
         instruction=lambda wildcards: (
             f"config/prompts/{SFT_DATASETS[wildcards.sft_dataset]['instruction']}.txt"
         ),
+        media_parts=media_parts,
     output:
         dataset="results/sft/{sft_dataset}/{sft_dataset}.json",
         info="results/sft/{sft_dataset}/dataset_info.json",
         media=directory("results/sft/{sft_dataset}/media"),
+        media_index="results/sft/{sft_dataset}/media_sha256.parquet",
         stats=report(
             "results/sft/{sft_dataset}/stats.json",
             category="4. Fine-tuning",
@@ -35,6 +75,7 @@ rule sft_dataset:
     params:
         captioner=CAPTIONER,
         settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],
+        memo_dir=MEMO_DIR,
         code=code_of_script("sft_dataset"),
     message:
         "LLaMA-Factory dataset {wildcards.sft_dataset} from the {params.captioner} captions"
@@ -42,21 +83,52 @@ rule sft_dataset:
         "../scripts/sft_dataset.py"
 
 
+rule sft_pin_dataset:
+    input:
+        unpack(
+            lambda wildcards: {
+                key: ancient(path)
+                for key, path in dataset_files(
+                    f"results/sft/{SFT_RUNS[wildcards.run]['dataset']}",
+                    SFT_RUNS[wildcards.run]["dataset"],
+                ).items()
+            }
+        ),
+    output:
+        snapshot=directory("results/train/{run}/dataset"),
+        provenance=provenance("sft_pin_dataset", "{run}"),
+    log:
+        "logs/train/{run}-dataset.log",
+    wildcard_constraints:
+        run=_alternatives(SNAPSHOTS_TO_MAKE),
+    conda:
+        "../envs/captions.yaml"
+    params:
+        marker=_SNAPSHOT_MARKER,
+        code=code_of_script("sft_pin_dataset"),
+    message:
+        "Pin run {wildcards.run} to a snapshot of its dataset"
+    script:
+        "../scripts/sft_pin_dataset.py"
+
+
 rule build_tiny_model:
     output:
-        model=directory("results/models/tiny-qwen2vl"),
-        provenance=provenance("build_tiny_model"),
+        model=directory("results/models/tiny-{family}"),
+        provenance=provenance("build_tiny_model", "{family}"),
     log:
-        "logs/sft/build_tiny_model.log",
+        "logs/sft/build_tiny_model-{family}.log",
     benchmark:
-        "results/runtime/sft/build_tiny_model.tsv"
+        "results/runtime/sft/build_tiny_model-{family}.tsv"
+    wildcard_constraints:
+        family="qwen2vl|gemma3",
     conda:
         "../envs/train.yaml"
     params:
         seed=0,
         code=code_of_script("build_tiny_model"),
     message:
-        "Build the tiny Qwen2-VL-style model locally (random weights, local tokenizer)"
+        "Build the tiny {wildcards.family}-style model locally (random weights, local tokenizer)"
     script:
         "../scripts/build_tiny_model.py"
 
@@ -79,13 +151,37 @@ rule download_model:
         "../scripts/download_model.py"
 
 
+rule sft_token_counts:
+    input:
+        unpack(run_dataset),
+        model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+    output:
+        part="results/parts/sft_tokens/{run}/{part}.parquet",
+    log:
+        "logs/train/{run}-token_counts-{part}.log",
+    benchmark:
+        "results/runtime/train/{run}-token_counts-{part}.tsv"
+    wildcard_constraints:
+        part=r"\d+",
+    conda:
+        "../envs/train.yaml"
+    params:
+        dataset_json=lambda wildcards: run_dataset_json(wildcards.run),
+        image_max_pixels=lambda wildcards: SFT_RUNS[wildcards.run]["image_max_pixels"],
+        parts=PARTS,
+        memo_dir=MEMO_DIR,
+        code=code_of_script("sft_token_counts"),
+    message:
+        "Token counts of run {wildcards.run}'s samples, part {wildcards.part} of {params.parts}"
+    script:
+        "../scripts/sft_token_counts.py"
+
+
 rule sft_token_stats:
     input:
-        dataset=lambda wildcards: "results/sft/{d}/{d}.json".format(
-            d=SFT_RUNS[wildcards.run]["dataset"]
-        ),
-        media=lambda wildcards: f"results/sft/{SFT_RUNS[wildcards.run]['dataset']}/media",
+        unpack(run_dataset),
         model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+        parts=token_parts,
     output:
         stats="results/train/{run}/token_lengths.json",
         plot=report(
@@ -102,7 +198,11 @@ rule sft_token_stats:
     conda:
         "../envs/train.yaml"
     params:
-        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        dataset_json=lambda wildcards: run_dataset_json(wildcards.run),
+        # Only what shapes the counts and their summary (on_truncation is applied by sft_train).
+        image_max_pixels=lambda wildcards: SFT_RUNS[wildcards.run]["image_max_pixels"],
+        cutoff_len=lambda wildcards: SFT_RUNS[wildcards.run]["cutoff_len"],
+        memo_dir=MEMO_DIR,
         code=code_of_script("sft_token_stats"),
     message:
         "Token lengths of run {wildcards.run}'s dataset against its cutoff_len"
@@ -112,7 +212,10 @@ rule sft_token_stats:
 
 rule sft_train:
     input:
-        unpack(train_inputs),
+        unpack(run_dataset),
+        model=lambda wildcards: model_dir(SFT_RUNS[wildcards.run]),
+        deepspeed="config/deepspeed",
+        token_stats="results/train/{run}/token_lengths.json",
     output:
         adapter=directory("results/train/{run}/adapter"),
         config="results/train/{run}/llamafactory_train.yaml",
@@ -133,8 +236,9 @@ rule sft_train:
     resources:
         **TRAIN_RESOURCES,
     params:
-        # Only what shapes the model: SLURM resources, prediction settings or pinning a run
-        # never make it retrain.
+        # Every setting that shapes the model, and nothing else: SLURM resources, prediction
+        # settings, evaluate_on or on_truncation never make it retrain.
+        dataset_json=lambda wildcards: run_dataset_json(wildcards.run),
         settings=lambda wildcards: training_settings(wildcards.run),
         run_dir=lambda wildcards: f"results/train/{wildcards.run}",
         code=code_of_script("sft_train"),
@@ -160,9 +264,9 @@ rule predict_sft:
     conda:
         "../envs/train.yaml"
     resources:
-        **TRAIN_RESOURCES,
+        **PREDICT_RESOURCES,
     params:
-        settings=lambda wildcards: SFT_RUNS[wildcards.run],
+        settings=lambda wildcards: predict_settings_of(wildcards.run),
         dataset_settings=lambda wildcards: SFT_DATASETS[
             SFT_RUNS[wildcards.run]["dataset"]
         ],

@@ -19,6 +19,7 @@ rule predict_zero_shot:
         provenance=provenance("predict_zero_shot", "{zero_shot}", "{evalset}"),
     log:
         "logs/predict/{zero_shot}-{evalset}.log",
+        failures="logs/predict/{zero_shot}-{evalset}.failures.csv",
     benchmark:
         "results/runtime/predict/{zero_shot}-{evalset}.tsv"
     conda:
@@ -26,6 +27,7 @@ rule predict_zero_shot:
     params:
         settings=lambda wildcards: ZERO_SHOT[wildcards.zero_shot],
         captions=CAPTIONS,
+        memo=config["memo"]["dir"],
         code=code_of_script("predict_zero_shot"),
     message:
         "Zero-shot predictor {wildcards.zero_shot} answers for every image of {wildcards.evalset}"

@@ -3,7 +3,8 @@
 
 from pathlib import Path
 
-from geolocsft.hub.acquire import RetryPolicy, acquire_dataset
+from geolocsft.hub.acquire import acquire_dataset
+from geolocsft.hub.retry import RetryPolicy
 from geolocsft.settings import from_config
 from geolocsft.workflow import run_script
 

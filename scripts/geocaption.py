@@ -14,6 +14,8 @@ def main(smk) -> None:
         captions_dir=Path(smk.output.captions),
         index_path=Path(smk.output.index),
         summary_path=Path(smk.output.summary),
+        memo_dir=Path(smk.params.memo),
+        failures_path=Path(smk.log.failures),
     )
 
 

@@ -19,12 +19,18 @@ def main(smk) -> None:
         settings=settings,
         split_mode=smk.params.split_mode,
         path_base=Path.cwd(),
+        encoding=dataset["encoding"],
+        # The memo changes how, not what, is computed: read from the config, not a param.
+        memo_dir=Path(smk.config["memo"]["dir"]),
+        part_files=[Path(p) for p in smk.input.parts],
+        failure_report=Path(smk.log.rejected),
     )
     write_outputs(
         result,
         Path(smk.output.manifest),
         Path(smk.output.rejected),
         Path(smk.output.summary),
+        Path(smk.output.listing),
     )
 
 

@@ -13,6 +13,7 @@ from geolocsft.workflow import run_script
 def main(smk) -> None:
     name = smk.wildcards.sft_dataset
     settings = from_config(DatasetSettings, smk.params.settings, f"sft.datasets.{name}", name=name)
+    parts = list(getattr(smk.input, "media_parts", []))
     build_dataset(
         manifest=pl.read_parquet(smk.input.manifest),
         caption_index=pl.read_csv(smk.input.index),
@@ -20,7 +21,9 @@ def main(smk) -> None:
         instruction=Path(smk.input.instruction).read_text(encoding="utf-8"),
         settings=settings,
         out_dir=Path(smk.output.info).parent,
+        memo_dir=Path(smk.params.memo_dir),
         excluded_ids=excluded_ids(Path(smk.input.excluded)),
+        prepared=pl.concat([pl.read_parquet(p) for p in parts]) if parts else None,
     )
 
 

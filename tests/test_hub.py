@@ -28,16 +28,12 @@ from conftest import REPO
 from PIL import Image
 
 from geolocsft.errors import GeolocsftError, InputTableError
-from geolocsft.hub.acquire import (
-    ACQUIRED_COLUMNS,
-    AcquireColumns,
-    RetryPolicy,
-    UnpackSettings,
-    acquire_dataset,
-    fetch_repo,
-    repo_cache_dir,
-    unpack,
-)
+from geolocsft.hub.acquire import acquire_dataset
+from geolocsft.hub.fetch import fetch_repo
+from geolocsft.hub.remote import repo_cache_dir
+from geolocsft.hub.retry import RetryPolicy
+from geolocsft.hub.unpack import unpack
+from geolocsft.hub.unpacking import ACQUIRED_COLUMNS, AcquireColumns, UnpackSettings
 from geolocsft.ingest import IngestResult, IngestSettings, ingest
 from geolocsft.settings import configured
 from geolocsft.sft.models import download_model
@@ -270,7 +266,7 @@ def test_a_killed_download_resumes_in_the_next_process(hub: HubStandin, tmp_path
     cut = len(archive) // 2
     hub.state.interrupt(repo.repo_id, "HFRL.zip", after_bytes=cut, stall=True)
     code = (
-        "from pathlib import Path; from geolocsft.hub.acquire import fetch_repo; "
+        "from pathlib import Path; from geolocsft.hub.fetch import fetch_repo; "
         f"fetch_repo({repo.repo_id!r}, 'dataset', None, ['HFRL.zip'], Path({str(tmp_path)!r}))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -348,7 +344,12 @@ def test_acquired_archive_is_unpacked_for_ingest_without_losing_a_row(
     result = _ingest(out)
     assert sorted(result.manifest["image_id"]) == ["000", "001", "002", "003"]
     reasons = dict(zip(result.rejected["image_id"], result.rejected["reason"], strict=True))
-    assert reasons == {"004": "missing_coordinates", "999": "missing_file"}
+    # 005.jpg is in the archive but in no row of the table: reported, not silently dropped.
+    assert reasons == {
+        "004": "missing_coordinates",
+        "999": "missing_file",
+        "005": "no_metadata_row",
+    }
 
     # Deterministic: the same input gives the same bytes.
     again = tmp_path / "again"
@@ -606,5 +607,5 @@ def test_workflow_acquires_a_benchmark_resumes_after_a_failure_and_ingests_it(
     assert sorted(manifest["image_id"]) == ["000", "001", "002", "003"]
     assert set(manifest["split"]) == {"test"}
     rejected = pl.read_csv(workdir / "results" / "benchmarks" / "pig" / "rejected.csv")
-    assert sorted(rejected["reason"]) == ["missing_coordinates", "missing_file"]
+    assert sorted(rejected["reason"]) == ["missing_coordinates", "missing_file", "no_metadata_row"]
     assert planned_jobs(workdir, *until) == {}

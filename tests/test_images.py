@@ -9,8 +9,17 @@ from conftest import write_photo
 from PIL import Image
 
 from geolocsft.images import fit_to_model, load_for_model, model_input_image
+from geolocsft.memo import BlobStore
 from geolocsft.settings import configured
-from geolocsft.sft.dataset import DatasetSettings, image_preparation, write_media_image
+from geolocsft.sft.dataset import DatasetSettings, SourceImage, image_preparation, prepare_media
+
+
+def write_media_image(photo: Path, media: Path, dataset: DatasetSettings) -> None:
+    """The media file of ``photo`` exactly as sft_dataset makes it (memoized preparation)."""
+    memo = media.parent / "memo"
+    source = SourceImage("photo", photo, "sha-of-" + photo.name, 0.0, 0.0)
+    prepared, _ = prepare_media([source], dataset, memo, progress=False)
+    BlobStore(memo).link(prepared["media_sha256"][0], media)
 
 
 def test_a_4000x3000_photo_gives_the_same_pixels_in_training_and_at_inference(tmp_path: Path):

@@ -106,7 +106,7 @@ def test_every_bad_row_is_quarantined_with_row_and_reason(messy_dataset):
     assert "91.5" in details[4] and "[-90, 90]" in details[4]
     assert "escape" in details[12]
     assert "1x1" in details[15]
-    assert "2500000000 pixels" in details[16]
+    assert "2,500,000,000 pixels exceeds ingest.max_image_pixels = 89,478,485" in details[16]
     assert set(result.rejected["source"]) == {str(table)}
 
 
@@ -273,4 +273,120 @@ def test_configured_pixel_limit_rejects_before_decoding(tmp_path):
     assert result.manifest["image_id"].to_list() == ["ok"]
     row = result.rejected.row(0, named=True)
     assert row["reason"] == "decompression_bomb"
-    assert "120x100 = 12,000 pixels exceeds ingest.max_image_pixels = 5,000" in row["detail"]
+    assert "12,000 pixels exceeds ingest.max_image_pixels = 5,000" in row["detail"]
+    assert "before decoding" in row["detail"]
+
+
+def test_pixel_limit_can_be_raised_above_pillows_default(tmp_path):
+    """A 10000x10000 scan (1e8 pixels: over Pillow's 89,478,485) is accepted under a higher
+    configured limit, Pillow's own limit follows the setting, and a lower limit refuses it with
+    a message that agrees with the setting."""
+    Image.new("L", (10_000, 10_000), 128).save(tmp_path / "scan.png")
+    write_photo(tmp_path / "ok.jpg")
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\nscan,1,1\nok,1,1\n")
+    raised = configured(IngestSettings, max_image_pixels=200_000_000)
+    result = ingest(tmp_path, table, ColumnMap(), raised)
+    assert result.rejected.height == 0
+    scan = result.manifest.filter(pl.col("image_id") == "scan")
+    assert scan.select("width", "height", "mode").row(0) == (10_000, 10_000, "L")
+    assert Image.MAX_IMAGE_PIXELS == 200_000_000
+    # Below Pillow's default, between it and twice it (Pillow's warning), and above twice it.
+    for limit in (40_000_000, 60_000_000, 99_999_999):
+        settings = configured(IngestSettings, max_image_pixels=limit)
+        row = ingest(tmp_path, table, ColumnMap(), settings).rejected.row(0, named=True)
+        assert (row["image_id"], row["reason"]) == ("scan", "decompression_bomb")
+        assert row["detail"].startswith(
+            f"100,000,000 pixels exceeds ingest.max_image_pixels = {limit:,}"
+        ), row["detail"]
+
+
+def test_images_without_a_metadata_row_are_rejected_and_stop_a_fail_run(tmp_path):
+    write_photo(tmp_path / "images" / "a.jpg")
+    write_photo(tmp_path / "images" / "stray.jpg", seed=1)
+    write_photo(tmp_path / "images" / "sub" / "lost.png", seed=2)
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\na,1,2\n")
+    result = ingest(tmp_path / "images", table, ColumnMap(), configured(IngestSettings))
+    assert result.manifest["image_id"].to_list() == ["a"]
+    rows = result.rejected.select("image_id", "path", "reason", "row").rows()
+    assert sorted(rows) == [
+        ("stray", f"{(tmp_path / 'images/stray.jpg').as_posix()}", "no_metadata_row", None),
+        ("sub__lost", f"{(tmp_path / 'images/sub/lost.png').as_posix()}", "no_metadata_row", None),
+    ]
+    with pytest.raises(GeolocsftError, match="no_metadata_row"):
+        ingest(
+            tmp_path / "images",
+            table,
+            ColumnMap(),
+            configured(IngestSettings, on_bad_input="fail"),
+        )
+
+
+def test_fail_mode_writes_every_problem_before_stopping(tmp_path):
+    for i in range(3):
+        write_photo(tmp_path / "images" / f"ok{i}.jpg", seed=i)
+    table = tmp_path / "t.csv"
+    table.write_text(
+        "id,lat,lon\n"
+        + "".join(f"ok{i},1,1\n" for i in range(3))
+        + "".join(f"ghost{i},1,1\n" for i in range(24))
+    )
+    report = tmp_path / "logs" / "corpus-rejected.csv"
+    settings = configured(IngestSettings, on_bad_input="fail")
+    with pytest.raises(GeolocsftError) as excinfo:
+        ingest(tmp_path / "images", table, ColumnMap(), settings, failure_report=report)
+    message = str(excinfo.value)
+    assert "24 unusable" in message and "… and 4 more" in message
+    assert f"All 24 are listed in {report}" in message
+    listed = pl.read_csv(report)
+    assert listed.columns == ["source", "row", "image_id", "path", "reason", "detail"]
+    assert sorted(listed["image_id"]) == sorted(f"ghost{i}" for i in range(24))
+    assert set(listed["reason"]) == {"missing_file"}
+    # A later successful run removes the stale report.
+    table.write_text("id,lat,lon\n" + "".join(f"ok{i},1,1\n" for i in range(3)))
+    ingest(tmp_path / "images", table, ColumnMap(), settings, failure_report=report)
+    assert not report.exists()
+
+
+def test_a_windows_1252_table_is_named_or_read_when_declared(tmp_path):
+    write_photo(tmp_path / "images" / "café.jpg")
+    table = tmp_path / "t.csv"
+    table.write_bytes("id,lat,lon\ncafé,48.85,2.35\n".encode("cp1252"))
+    with pytest.raises(InputTableError) as excinfo:
+        ingest(tmp_path / "images", table, ColumnMap(), configured(IngestSettings))
+    message = str(excinfo.value)
+    assert str(table) in message and "not valid utf-8" in message and "line 2" in message
+    assert "Windows-1252" in message and "'café,48.85,2.35'" in message
+    assert "encoding: cp1252" in message
+    result = ingest(
+        tmp_path / "images", table, ColumnMap(), configured(IngestSettings), encoding="cp1252"
+    )
+    assert result.manifest["image_id"].to_list() == ["café"]
+    # The header alone (parse time) is checked with the same encoding.
+    header = tmp_path / "h.csv"
+    header.write_bytes("id,latitude °,lon\n".encode("cp1252"))
+    with pytest.raises(InputTableError, match="header is not valid utf-8"):
+        check_table_columns(header, ColumnMap())
+    assert check_table_columns(header, ColumnMap(lat="latitude °"), "cp1252").lat == "latitude °"
+
+
+def test_utf16_table_is_recognised(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_bytes("id,lat,lon\na,1,2\n".encode("utf-16"))
+    with pytest.raises(InputTableError, match="UTF-16 byte-order mark"):
+        ingest(tmp_path, table, ColumnMap(), configured(IngestSettings))
+
+
+def test_empty_and_non_numeric_coordinates_are_described_plainly(tmp_path):
+    for name in ("a", "b", "c", "ok"):
+        write_photo(tmp_path / f"{name}.jpg")
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\na,,2\nb,north,2\nc,1,inf\nok,1,2\n")
+    settings = configured(IngestSettings)
+    rejected = ingest(tmp_path, table, ColumnMap(), settings, failure_report=None)
+    details = dict(rejected.rejected.select("image_id", "detail").iter_rows())
+    assert details["a"] == "lat is empty"
+    assert details["b"] == "lat = 'north' is not a number"
+    assert details["c"] == "lon = 'inf' is not a finite number"
+    assert "None" not in " ".join(details.values())

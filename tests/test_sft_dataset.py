@@ -1,4 +1,4 @@
-"""The LLaMA-Factory dataset built from caption files."""
+"""The LLaMA-Factory dataset built from caption files, with memoized media."""
 
 from __future__ import annotations
 
@@ -10,19 +10,59 @@ import pytest
 from conftest import write_16bit_tiff, write_photo
 from PIL import Image
 
+from geolocsft.answers import parse_answer
+from geolocsft.captions.schema import GeoCaption
 from geolocsft.errors import GeolocsftError
+from geolocsft.io import file_sha256
+from geolocsft.layout import shard_of
 from geolocsft.settings import configured
-from geolocsft.sft.dataset import DatasetSettings, assistant_text, build_dataset
+from geolocsft.sft.dataset import (
+    DatasetSettings,
+    assistant_text,
+    build_dataset,
+    images_of_part,
+    prepare_media,
+    select_images,
+)
 from geolocsft.testing.standin import caption_for
+
+#: The captioner's answer is off the truth (within the flag distance): training uses the truth.
+TRUTH = {"a@N00": (10.0, 20.0), "b": (11.0, 21.0), "grey": (12.0, 22.0), "far": (13.0, 23.0)}
 
 
 def caption_file(folder: Path, image_id: str, lat: float, lon: float, thinking: bool) -> None:
-    caption = caption_for(lat, lon)
+    caption = caption_for(lat + 0.05, lon - 0.05)
     if not thinking:
         caption["thinking"] = None
     folder.mkdir(parents=True, exist_ok=True)
     document = {"image_id": image_id, "caption": caption}
     (folder / f"{image_id}.json").write_text(json.dumps(document))
+
+
+def manifest_of(images: dict[str, Path], split: dict[str, str] | None = None) -> pl.DataFrame:
+    ids = list(images)
+    return pl.DataFrame(
+        {
+            "image_id": ids,
+            "path": [str(images[i]) for i in ids],
+            "sha256": [file_sha256(images[i]) for i in ids],
+            "lat": [TRUTH.get(i, (1.0, 1.0))[0] for i in ids],
+            "lon": [TRUTH.get(i, (1.0, 1.0))[1] for i in ids],
+            "split": [(split or {}).get(i, "train") for i in ids],
+        }
+    )
+
+
+def index_of(ids: list[str], status: dict[str, str] | None = None) -> pl.DataFrame:
+    status = status or {}
+    return pl.DataFrame(
+        {
+            "image_id": ids,
+            "status": [status.get(i, "captioned") for i in ids],
+            "flagged": [i == "far" for i in ids],
+            "failure_reason": [None if status.get(i) is None else "malformed_json" for i in ids],
+        }
+    )
 
 
 @pytest.fixture
@@ -34,75 +74,158 @@ def corpus(tmp_path: Path) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
         "grey": write_16bit_tiff(images / "grey.tif"),
         "far": write_photo(images / "far.jpg", seed=3),
         "broken": write_photo(images / "broken.jpg", seed=4),
+        "held": write_photo(images / "held.jpg", seed=5),
     }
-    manifest = pl.DataFrame({"image_id": list(paths), "path": [str(p) for p in paths.values()]})
+    manifest = manifest_of(paths, split={"held": "test"})
     captions = tmp_path / "captions"
-    for image_id in ("a@N00", "b", "grey", "far"):
-        caption_file(captions, image_id, 10.0, 20.0, thinking=True)
-    index = pl.DataFrame(
-        {
-            "image_id": ["a@N00", "b", "grey", "far", "broken"],
-            "status": ["captioned"] * 4 + ["failed"],
-            "flagged": [False, False, False, True, None],
-            "failure_reason": [None] * 4 + ["malformed_json"],
-        }
-    )
+    for image_id in ("a@N00", "b", "grey", "far", "held"):
+        caption_file(captions, image_id, *TRUTH.get(image_id, (1.0, 1.0)), thinking=True)
+    index = index_of(["a@N00", "b", "grey", "far", "broken", "held"], {"broken": "failed"})
     return manifest, index, captions
 
 
-def test_dataset_files_follow_llamafactory_sharegpt(corpus, tmp_path):
+def build(corpus, out: Path, memo: Path, **settings: object) -> dict:
     manifest, index, captions = corpus
-    out = tmp_path / "sft"
-    stats = build_dataset(
+    options = {"name": "geo", "image_max_side": 256, **settings}
+    return build_dataset(
         manifest,
         index,
         captions,
         "Where?\n",
-        configured(DatasetSettings, name="geo", image_max_side=256),
+        configured(DatasetSettings, **options),
         out,
+        memo_dir=memo,
+        progress=False,
     )
+
+
+def test_dataset_files_follow_llamafactory_sharegpt(corpus, tmp_path):
+    out = tmp_path / "sft"
+    stats = build(corpus, out, tmp_path / "memo")
     samples = json.loads((out / "geo.json").read_text())
     assert [s["images"] for s in samples] == [
-        ["media/a@N00.jpg"],
-        ["media/b.jpg"],
-        ["media/grey.jpg"],
+        [f"media/{shard_of(i)}/{i}.jpg"] for i in ("a@N00", "b", "grey")
     ]
-    for sample in samples:
+    for sample, image_id in zip(samples, ("a@N00", "b", "grey"), strict=True):
         user, assistant = sample["conversations"]
         assert user == {"role": "user", "content": "<image>Where?"}
         assert assistant["role"] == "assistant"
-        assert json.loads(assistant["content"])["answer"]["coordinates"]["latitude"] == 10.0
+        caption = GeoCaption.model_validate(json.loads(assistant["content"]))  # the full caption
+        truth = TRUTH[image_id]
+        assert (caption.answer.coordinates.latitude, caption.answer.coordinates.longitude) == truth
+        parsed = parse_answer(assistant["content"], "caption")
+        assert (parsed.lat, parsed.lon, parsed.status) == (*truth, "json")
         with Image.open(out / sample["images"][0]) as image:
             assert image.mode == "RGB" and image.format == "JPEG" and max(image.size) <= 256
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["geo"]["formatting"] == "sharegpt"
     assert info["geo"]["columns"] == {"messages": "conversations", "images": "images"}
     assert info["geo"]["tags"]["assistant_tag"] == "assistant"
-    assert stats["skipped"] == {"caption_malformed_json": 1, "flagged_caption": 1}
+    # Only the train split is used: 'held' (test split) never becomes a training sample.
+    assert stats["skipped"] == {
+        "caption_malformed_json": 1,
+        "flagged_caption": 1,
+        "not_in_train_split": 1,
+    }
+    index = pl.read_parquet(out / "media_sha256.parquet")
+    for path, digest in index.iter_rows():
+        assert file_sha256(out / path) == digest
+
+
+def test_excluded_images_are_left_out(corpus, tmp_path):
+    manifest, index, _ = corpus
+    settings = configured(DatasetSettings, name="geo")
+    chosen = select_images(manifest, index, settings, frozenset({"b"}))
+    assert [i.image_id for i in chosen.images] == ["a@N00", "grey"]
+    assert chosen.skipped["in_an_eval_set"] == 1
+
+
+def test_a_reused_media_file_is_byte_identical_and_only_new_images_are_prepared(corpus, tmp_path):
+    memo = tmp_path / "memo"
+    manifest, index, _ = corpus
+    settings = configured(DatasetSettings, name="geo", image_max_side=256)
+    images = select_images(manifest, index, settings).images
+    _, prepared = prepare_media(images[:2], settings, memo, progress=False)
+    assert prepared == 2
+    table, prepared = prepare_media(images, settings, memo, progress=False)  # one more image
+    assert prepared == 1 and table.height == 3
+    build(corpus, tmp_path / "reused", memo)
+    build(corpus, tmp_path / "fresh", tmp_path / "empty-memo")  # everything prepared anew
+    for name in ("geo.json", "dataset_info.json", "stats.json"):
+        assert (tmp_path / "reused" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+    for sample in json.loads((tmp_path / "reused" / "geo.json").read_text()):
+        (path,) = sample["images"]
+        assert (tmp_path / "reused" / path).read_bytes() == (tmp_path / "fresh" / path).read_bytes()
+    # Another preparation is another memo entry, never a stale reuse.
+    _, prepared = prepare_media(images, configured(DatasetSettings, name="geo"), memo)
+    assert prepared == 3
+
+
+def test_media_prepared_in_parts_give_the_same_dataset(corpus, tmp_path):
+    manifest, index, _ = corpus
+    settings = configured(DatasetSettings, name="geo", image_max_side=256)
+    images = select_images(manifest, index, settings).images
+    parts = [images_of_part(images, part, 3) for part in range(3)]
+    assert sorted(i.image_id for p in parts for i in p) == sorted(i.image_id for i in images)
+    memo = tmp_path / "memo"
+    tables = [prepare_media(p, settings, memo, progress=False)[0] for p in parts]
+    manifest, index, captions = corpus
+    build_dataset(
+        manifest,
+        index,
+        captions,
+        "Where?\n",
+        settings,
+        tmp_path / "gathered",
+        memo_dir=memo,
+        prepared=pl.concat(tables),
+    )
+    build(corpus, tmp_path / "one-job", tmp_path / "memo2")
+    for name in ("geo.json", "media_sha256.parquet"):
+        gathered = (tmp_path / "gathered" / name).read_bytes()
+        assert gathered == (tmp_path / "one-job" / name).read_bytes()
+    with pytest.raises(GeolocsftError, match="parts hold no file for 1 image"):
+        build_dataset(
+            manifest,
+            index,
+            captions,
+            "Where?\n",
+            settings,
+            tmp_path / "missing",
+            memo_dir=memo,
+            prepared=pl.concat(tables[:1] + tables[2:]) if parts[1] else pl.concat(tables[1:]),
+        )
 
 
 def test_flagged_captions_can_be_included_and_validation_split_is_stable(corpus, tmp_path):
-    manifest, index, captions = corpus
-    settings = configured(
-        DatasetSettings, name="geo", include_flagged=True, validation_fraction=0.5
-    )
-    first = build_dataset(manifest, index, captions, "Where?", settings, tmp_path / "one")
-    second = build_dataset(manifest, index, captions, "Where?", settings, tmp_path / "two")
+    memo = tmp_path / "memo"
+    options = {"include_flagged": True, "validation_fraction": 0.5}
+    first = build(corpus, tmp_path / "one", memo, **options)
+    second = build(corpus, tmp_path / "two", memo, **options)
     assert first == second
     assert first["samples"] == 4 and first["train"] + first["validation"] == 4
-    for name in ("geo.json", "geo_val.json", "dataset_info.json", "media/a@N00.jpg"):
+    for name in ("geo.json", "geo_val.json", "dataset_info.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert "geo_val" in json.loads((tmp_path / "one" / "dataset_info.json").read_text())
 
 
-def test_targets():
-    document = {"image_id": "x", "caption": caption_for(1.5, -2.25)}
-    assert json.loads(assistant_text(document, "coordinates")) == {
+def test_targets_carry_the_true_coordinates():
+    caption = GeoCaption.model_validate(caption_for(1.7, -2.1))  # the captioner's answer
+    assert json.loads(assistant_text(caption, "coordinates", 1.5, -2.25, "x")) == {
         "latitude": 1.5,
         "longitude": -2.25,
     }
-    assert set(json.loads(assistant_text(document, "answer"))) == {"answer"}
-    assert set(json.loads(assistant_text(document, "full"))) == {"thinking", "answer"}
-    document["caption"]["thinking"] = None
+    answer = json.loads(assistant_text(caption, "answer", 1.5, -2.25, "x"))
+    assert set(answer) == {"answer"}
+    assert answer["answer"]["coordinates"] == {
+        "latitude": 1.5,
+        "longitude": -2.25,
+        "region": "stand-in region",
+    }
+    full = json.loads(assistant_text(caption, "full", 1.5, -2.25, "x"))
+    assert list(full) == ["thinking", "answer"]  # reasoning first, then the answer
+    assert full["thinking"] == caption_for(1.7, -2.1)["thinking"]
+    assert full["answer"]["coordinates"]["latitude"] == 1.5
+    no_reasoning = caption.model_copy(update={"thinking": None})
     with pytest.raises(GeolocsftError, match="no reasoning"):
-        assistant_text(document, "full")
+        assistant_text(no_reasoning, "full", 1.5, -2.25, "x")

@@ -1,21 +1,16 @@
-"""Training-run plumbing that needs no GPU and no torch: YAML, launch environment, resume."""
+"""Training-run plumbing that needs no GPU and no training: YAML, templates, truncation check."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from geolocsft.errors import GeolocsftError
-from geolocsft.images import fit_to_model
+from geolocsft.sft.model_family import resolve_template, stop_token_ids, tiny_family
 from geolocsft.sft.predict import aggregate
-from geolocsft.sft.train import (
-    RunSettings,
-    first_host,
-    latest_checkpoint,
-    launch_environment,
-    render_config,
-)
+from geolocsft.sft.train import RunSettings, check_truncation, render_config
 
 
 def settings(**changes: object) -> RunSettings:
@@ -28,9 +23,9 @@ def render(run: RunSettings, tmp_path: Path, **kwargs: object) -> dict:
         "dataset_dir": tmp_path / "data",
         "output_dir": tmp_path / "out",
         "deepspeed_dir": tmp_path / "ds",
+        "template": "qwen2_vl",
         "has_validation": False,
         "resume_from": None,
-        "on_gpu": True,
     }
     return render_config(run, **{**options, **kwargs})
 
@@ -41,24 +36,20 @@ def test_rendered_yaml_is_a_lora_sft_config_for_llamafactory(tmp_path):
     assert config["dataset"] == "geo" and config["template"] == "qwen2_vl"
     assert config["dataset_dir"] == config["media_dir"] == str(tmp_path / "data")
     assert config["lora_rank"] == 8 and config["flash_attn"] == "fa2"
+    assert config["lr_scheduler_type"] == "cosine" and config["warmup_ratio"] == 0.0
     assert config["overwrite_output_dir"] is True and "resume_from_checkpoint" not in config
     assert "deepspeed" not in config and "eval_dataset" not in config
 
 
-def test_resume_validation_and_deepspeed(tmp_path):
+def test_resume_validation_deepspeed_and_full_fine_tuning(tmp_path):
     checkpoint = tmp_path / "out" / "checkpoint-40"
     config = render(settings(deepspeed="z3"), tmp_path, has_validation=True, resume_from=checkpoint)
     assert config["resume_from_checkpoint"] == str(checkpoint)
     assert config["overwrite_output_dir"] is False
     assert config["eval_dataset"] == "geo_val"
     assert config["deepspeed"] == str(tmp_path / "ds" / "ds_z3_config.json")
-
-
-def test_gpu_only_options_are_refused_on_a_cpu_machine(tmp_path):
-    with pytest.raises(GeolocsftError, match="need a GPU"):
-        render(settings(), tmp_path, on_gpu=False)  # bf16 defaults to true
-    config = render(settings(bf16=False), tmp_path, on_gpu=False)
-    assert config["bf16"] is False
+    full = render(settings(finetuning_type="full"), tmp_path)
+    assert full["finetuning_type"] == "full" and "lora_rank" not in full
 
 
 def test_unknown_run_keys_are_named():
@@ -66,31 +57,44 @@ def test_unknown_run_keys_are_named():
         RunSettings.from_config("r", {"dataset": "geo", "lora_rnak": 4})
 
 
-def test_newest_checkpoint_is_found_by_step_number(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
-    for step in (5, 40, 100, 9):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    (tmp_path / "checkpoint-final.txt").write_text("not a checkpoint")
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-100"
+def test_template_comes_from_the_models_config_unless_set(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    assert resolve_template(None, tmp_path) == "qwen2_vl"
+    assert resolve_template("gemma3", tmp_path) == "gemma3"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    assert resolve_template(None, tmp_path) == "gemma3"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "brand_new_vlm"}))
+    with pytest.raises(GeolocsftError, match=r"sft.runs.x.template .*brand_new_vlm|brand_new"):
+        resolve_template(None, tmp_path, "x")
+    assert tiny_family("tiny") == tiny_family("tiny-qwen2vl") == "qwen2vl"
+    assert tiny_family("tiny-gemma3") == "gemma3" and tiny_family("Qwen/Qwen2.5-VL-7B") is None
 
 
-def test_launch_environment_single_gpu_multi_gpu_and_multi_node():
-    single = launch_environment(settings(), gpus_here=1, environ={})
-    assert "FORCE_TORCHRUN" not in single and single["HF_HUB_OFFLINE"] == "1"
-    cpu = launch_environment(settings(gpus=4), gpus_here=0, environ={})
-    assert "FORCE_TORCHRUN" not in cpu
-    node = launch_environment(settings(gpus=4), gpus_here=4, environ={})
-    assert node["FORCE_TORCHRUN"] == "1" and node["NPROC_PER_NODE"] == "4"
-    assert node["NNODES"] == "1" and "MASTER_ADDR" not in node
-    slurm = {"SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]"}
-    multi = launch_environment(settings(gpus=8, nodes=2), gpus_here=8, environ=slurm)
-    assert multi["NNODES"] == "2" and multi["NODE_RANK"] == "1"
-    assert multi["MASTER_ADDR"] == "gpu07"
+class _Tokenizer:
+    eos_token_id = 1
 
 
-def test_first_host_without_scontrol():
-    assert first_host("node17") == "node17"
-    assert first_host("gpu[01-04],gpu07") == "gpu01"
+def test_stop_tokens_come_from_the_generation_config(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [106, 1]}))
+    assert stop_token_ids(tmp_path, _Tokenizer()) == [106, 1]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 151645}))
+    assert stop_token_ids(tmp_path, _Tokenizer()) == [151645, 1]
+
+
+def test_on_truncation_fail_stops_before_training():
+    stats = {
+        "samples": 4,
+        "cutoff_len": 100,
+        "over_cutoff": {
+            "count": 1,
+            "image_tokens_cut": 0,
+            "worst": [{"sample_id": "d448", "total_tokens": 130}],
+        },
+    }
+    check_truncation(stats, "warn", "r")
+    with pytest.raises(GeolocsftError, match=r"1 of 4 samples .*d448 \(130 tokens\)"):
+        check_truncation(stats, "fail", "r")
+    check_truncation({**stats, "over_cutoff": {**stats["over_cutoff"], "count": 0}}, "fail", "r")
 
 
 def test_multi_sample_answers_aggregate_to_the_geodesic_medoid():
@@ -100,17 +104,27 @@ def test_multi_sample_answers_aggregate_to_the_geodesic_medoid():
         '{"latitude": 48.86, "longitude": 2.34}',
         '{"latitude": -33.9, "longitude": 151.2}',
     ]
-    lat, lon, status, parsed = aggregate(answers)
+    lat, lon, status, parsed = aggregate(answers, "coordinates")
     assert (lat, lon) in {(48.85, 2.35), (48.86, 2.34)}
     assert status == "medoid_of_3" and parsed == 3
     assert aggregate(["nothing here"]) == (None, None, "unparseable", 0)
     assert aggregate(['{"latitude": 1, "longitude": 2}'])[:3] == (1.0, 2.0, "json")
 
 
-def test_images_are_fitted_like_llamafactory_does():
-    from PIL import Image
+def test_a_full_fine_tune_is_loaded_in_place_of_the_base_model(tmp_path):
+    from geolocsft.sft.predict import processor_dir, trained_model
 
-    big = fit_to_model(Image.new("RGB", (2000, 1000)), max_pixels=50_176)
-    assert big.width * big.height <= 50_176 and big.width == 2 * big.height
-    tiny = fit_to_model(Image.new("L", (10, 5)), max_pixels=50_176)
-    assert tiny.mode == "RGB" and min(tiny.size) >= 28
+    base, out = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    out.mkdir()
+    with pytest.raises(GeolocsftError, match="neither a LoRA adapter"):
+        trained_model(base, out)
+    (out / "adapter_config.json").write_text("{}")
+    assert trained_model(base, out) == (base, out)  # LoRA: base model + adapter
+    (out / "adapter_config.json").unlink()
+    (out / "config.json").write_text("{}")
+    assert trained_model(base, out) == (out, None)  # full: the fine-tuned model itself
+    assert processor_dir(out, base) == base
+    (out / "processor_config.json").write_text("{}")
+    assert processor_dir(out, base) == out
+    assert trained_model(base, None) == (base, None)  # the untrained base model

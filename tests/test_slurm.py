@@ -176,3 +176,45 @@ def test_results_are_those_of_the_demo(slurm_run):
     assert (workdir / "results" / "train" / "tiny-demo" / "adapter").is_dir()
     for rule_log in ("ingest/corpus.log", "eval/summary.log", "train/tiny-demo.log"):
         assert (workdir / "logs" / rule_log).is_file()
+
+
+def test_ingest_parts_run_as_separate_slurm_jobs(slurm_cluster: Path, tmp_path: Path):
+    """scale_out.parts: 2 -> two `ingest_part` SLURM jobs (not grouped) and the gathering
+    ingest job, whose manifest holds every image."""
+    workdir = copy_workflow(tmp_path / "wf")
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["scale_out"] = {"parts": 2}
+    (workdir / "config" / "parts.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [
+            str(SNAKEMAKE),
+            "--profile",
+            "profiles/slurm",
+            "--profile",
+            "profiles/slurm-ci",
+            "--configfile",
+            "config/parts.yaml",
+            "--until",
+            "ingest_corpus",
+        ],
+        cwd=workdir,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"snakemake on SLURM failed:\n{log}"
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    jobs = {job_id: _slurm_job(job_id) for job_id in submitted}
+    comments = sorted(job["Comment"] for job in jobs.values())
+    assert len(_by_comment(jobs, "rule_ingest_part_")) == 2, comments
+    assert len(jobs) == 3, comments  # two parts and the gather (group `ingest`)
+    for job in jobs.values():
+        assert job["JobState"] == "COMPLETED" and job["Partition"] == "cpu", job
+    manifest = pl.read_parquet(workdir / "results" / "manifest.parquet")
+    parts = [
+        pl.read_parquet(workdir / f"results/ingest/parts/corpus/part-{k}.parquet") for k in (0, 1)
+    ]
+    assert manifest.height == 20 == sum(p.height for p in parts)

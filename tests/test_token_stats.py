@@ -11,7 +11,9 @@ import pytest
 from conftest import write_photo
 
 from geolocsft.errors import GeolocsftError
+from geolocsft.io import file_sha256
 from geolocsft.settings import configured
+from geolocsft.sft import token_stats
 from geolocsft.sft.dataset import DatasetSettings, build_dataset
 from geolocsft.sft.token_stats import (
     kept_lengths,
@@ -45,7 +47,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         paths[image_id] = write_photo(root / "images" / f"{image_id}.png", seed, (side, side))
         document = {"image_id": image_id, "caption": caption_for(10.0 + seed, 20.0)}
         (captions / f"{image_id}.json").write_text(json.dumps(document))
-    manifest = pl.DataFrame({"image_id": list(paths), "path": [str(p) for p in paths.values()]})
+    manifest = pl.DataFrame(
+        {
+            "image_id": list(paths),
+            "path": [str(p) for p in paths.values()],
+            "sha256": [file_sha256(p) for p in paths.values()],
+            "lat": [10.0 + seed for seed in range(len(paths))],
+            "lon": [20.0] * len(paths),
+            "split": ["train"] * len(paths),
+        }
+    )
     index = pl.DataFrame(
         {
             "image_id": list(SIDES),
@@ -55,7 +66,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
     )
     settings = configured(DatasetSettings, name="geo", target="coordinates", image_max_side=1024)
-    build_dataset(manifest, index, captions, INSTRUCTION, settings, root / "geo")
+    build_dataset(
+        manifest, index, captions, INSTRUCTION, settings, root / "geo", memo_dir=root / "memo"
+    )
     return root / "geo" / "geo.json"
 
 
@@ -178,3 +191,52 @@ def test_missing_image_is_named(dataset, tiny_model, tmp_path):
 def test_histogram_is_written(lengths, tmp_path):
     path = plot_lengths(lengths, 100, tmp_path / "lengths.png", "run r")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_counts_are_memoized_per_sample_and_split_into_parts(
+    dataset, tiny_model, lengths, tmp_path
+):
+    """A reused count equals a fresh one; a grown dataset counts only its new samples; parts
+    together count every sample once."""
+    memo = tmp_path / "memo"
+    samples = json.loads(dataset.read_text())
+    first_two = tmp_path / "geo.json"
+    first_two.write_text(json.dumps(samples[:2]))
+    counted = token_lengths(
+        first_two, dataset.parent, tiny_model, PROCESSOR_MAX_PIXELS, progress=False, memo_dir=memo
+    )
+    assert counted.to_dicts() == lengths.head(2).to_dicts()
+    calls = []
+    original = token_stats.sample_lengths
+
+    def counting(*args, **kwargs):
+        calls.append(args[1]["images"][0])
+        return original(*args, **kwargs)
+
+    token_stats.sample_lengths = counting
+    try:
+        grown = token_lengths(
+            dataset, dataset.parent, tiny_model, PROCESSOR_MAX_PIXELS, progress=False, memo_dir=memo
+        )
+        parts = [
+            token_lengths(
+                dataset,
+                dataset.parent,
+                tiny_model,
+                PROCESSOR_MAX_PIXELS,
+                progress=False,
+                memo_dir=memo,
+                part=(part, 3),
+            )
+            for part in range(3)
+        ]
+    finally:
+        token_stats.sample_lengths = original
+    assert calls == [s["images"][0] for s in samples[2:]]  # only the two new samples
+    assert grown.to_dicts() == lengths.to_dicts()
+    assert pl.concat(parts).sort("index").to_dicts() == lengths.to_dicts()
+    # Another image resize is another memo version: nothing is reused from the first.
+    other = token_lengths(
+        first_two, dataset.parent, tiny_model, 112 * 112, progress=False, memo_dir=memo
+    )
+    assert other["image_tokens"].to_list() == [4, 16]

@@ -205,8 +205,8 @@ def test_the_same_configuration_in_another_key_order_or_via_config_plans_nothing
     reordered.write_text(yaml.safe_dump(_reversed_keys(config), sort_keys=False))
     assert planned_jobs(workdir) == {}
     # The same values on the command line, a number written as an integer (timeout_s is a
-    # `number` in the schema: 120 and 120.0 are one setting).
-    same = "{backend: metadata, timeout_s: 120, concurrency: 8, splits: [train]}"
+    # `number` in the schema: 600 and 600.0 are one setting).
+    same = "{backend: metadata, timeout_s: 600, concurrency: 8, splits: [train]}"
     assert planned_jobs(workdir, "--config", f"captions={same}") == {}
     # A real change is still seen.
     assert "evaluate" in planned_jobs(workdir, "--config", "evaluate={seed: 1}")
@@ -312,22 +312,39 @@ def test_im2gps3k_sample_as_a_benchmark(shared_dir, tmp_path):
     ]
 
 
+def the_papers_setting(workdir: Path) -> dict:
+    """The demo's sft block switched to the paper's setting, as config/examples/demo-full.yaml
+    documents it: the full geo-caption (reasoning, then answer) as the target, with the
+    instruction asking for both (the tiny model is fully fine-tuned: see that file)."""
+    sft = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["sft"]
+    example = yaml.safe_load((workdir / "config" / "examples" / "demo-full.yaml").read_text())
+    sft["datasets"] |= example["sft"]["datasets"]
+    sft["runs"] = example["sft"]["runs"]
+    return sft
+
+
 def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
     tmp_path, monkeypatch
 ):
+    """The paper's setting, end to end: captions from the (loopback) Gemini API with reasoning and
+    answer, the full caption as the target, trained with the real llamafactory-cli on the CPU,
+    predicted, parsed from answer.coordinates only, and evaluated."""
     from geolocsft.testing.standin import Standin, StandinState
 
     key = "AIza-workflow-test-key-must-not-leak"
     workdir = copy_workflow(tmp_path / "wf")
-    with Standin(StandinState(latency_s=0.05, fault_script=["429", "malformed"])) as standin:
+    # The captioner's answers are 0.05 degrees (about 5 km) off the truth: kept (under the flag
+    # distance), but the training target carries the true coordinates.
+    state = StandinState(latency_s=0.05, fault_script=["429", "malformed"], answer_offset_deg=0.05)
+    with Standin(state) as standin:
         captions = {
             "backend": "gemini",
             "gemini": {"base_url": standin.url},
             "backoff_initial_s": 0.01,
         }
-        config = write_config(workdir, captions=captions)
+        config = write_config(workdir, captions=captions, sft=the_papers_setting(workdir))
         monkeypatch.setenv("GEMINI_API_KEY", key)
-        # The whole DAG: Gemini captions -> dataset -> LoRA -> predictions -> accuracy tables.
+        # The whole DAG: Gemini captions -> dataset -> training -> predictions -> accuracy tables.
         snakemake(workdir, "--configfile", str(config))
         first = standin.state.requests
         # Forcing the caption job again (its outputs are deleted first) costs nothing.
@@ -337,15 +354,51 @@ def test_gemini_captions_through_the_workflow_reuse_the_store_and_hide_the_key(
         assert standin.state.api_keys == {key}
     manifest = pl.read_parquet(workdir / "results" / "manifest.parquet")
     folder = workdir / "results" / "geocaptions" / "gemini-gemini-2.5-flash" / "geocaption-v1"
-    captioned = sorted(p.stem for p in (folder / "captions").glob("*.json"))
+    captioned = sorted(p.stem for p in (folder / "captions").rglob("*.json"))
     assert captioned == sorted(manifest.filter(pl.col("split") == "train")["image_id"])
     assert first == len(captioned) + 2  # one 429 and one malformed answer were retried
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["from_store"] == len(captioned) and summary["api_calls"] == 0
+    assert summary["from_store"] == len(captioned) and summary["requests_sent"] == 0
     stats = json.loads((workdir / "results" / "sft" / "geocaptions" / "stats.json").read_text())
     assert stats["samples"] == len(captioned)
     summary_table = pl.read_csv(workdir / "results" / "eval" / "summary.csv")
     assert "tiny-demo" in summary_table["predictor"].to_list()
+    # The targets: whole captions, reasoning first, with the true coordinates (to 6 decimals).
+    truth = {r["image_id"]: r for r in manifest.iter_rows(named=True)}
+    samples = json.loads((workdir / "results/sft/geocaptions/geocaptions.json").read_text())
+    for sample in samples:
+        target = json.loads(sample["conversations"][1]["content"])
+        assert list(target) == ["thinking", "answer"]
+        image_id = Path(sample["images"][0]).stem
+        coordinates = target["answer"]["coordinates"]
+        assert coordinates["latitude"] == round(truth[image_id]["lat"], 6)
+        assert coordinates["longitude"] == round(truth[image_id]["lon"], 6)
+    # Trained, it writes whole captions and >= 90% of its answers parse, from answer.coordinates.
+    predictions = pl.read_csv(workdir / "results" / "predictions" / "tiny-demo" / "holdout.csv")
+    assert predictions["pred_lat"].is_not_null().mean() >= 0.9, predictions
+    parsed = predictions.filter(pl.col("pred_lat").is_not_null())
+    assert set(parsed["parse_status"]) <= {"json", "json_partial"}
+    assert parsed["raw_answer"].str.starts_with('{"thinking": ').all()
+    accuracy = json.loads((workdir / "results/eval/tiny-demo/holdout/accuracy.json").read_text())
+    assert accuracy["n"] == predictions.height and accuracy["answered"] == parsed.height
+    adapter = workdir / "results" / "train" / "tiny-demo" / "adapter"
+    assert (adapter / "model.safetensors").is_file()  # a full fine-tune: the whole model
+    # Untrained, the tiny model never writes an answer.coordinates (about 0% parse).
+    from geolocsft.sft.predict import TransformersPredictor, predict, predict_settings
+    from geolocsft.splits import evaluation_targets
+
+    sft = the_papers_setting(workdir)
+    settings = predict_settings(
+        sft["runs"]["tiny-demo"],
+        sft["datasets"]["geocaptions"],
+        (workdir / "config" / "prompts" / "instruction-v1.txt").read_text(),
+    )
+    targets = evaluation_targets(manifest).with_columns(
+        pl.format("{}/{}", pl.lit(str(workdir)), pl.col("path")).alias("path")
+    )
+    model = TransformersPredictor(workdir / "results" / "models" / "tiny-qwen2vl", None, settings)
+    untrained = predict(model, targets, progress=False)
+    assert untrained["pred_lat"].is_not_null().mean() <= 0.1, untrained
 
     # Rebuilt from the response store alone (the stand-in is gone), the captions and the
     # fine-tuning dataset come back byte for byte.

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import REPO, write_photo
 
+from geolocsft.captions.documents import caption_file
 from geolocsft.errors import GeolocsftError
 from geolocsft.testing.standin import Standin, StandinState
 from geolocsft.zeroshot import load_zero_shot_prompt, predict_zero_shot, predictor_settings
@@ -91,18 +92,25 @@ def test_zero_shot_answers_every_image_keeps_failures_and_never_pays_twice(tmp_p
             images, PROMPT, settings, tmp_path / "answers", progress=False
         )
         assert state.requests == 3
+        # Both failures are permanent (a block; an invalid answer at max_attempts): not bought
+        # again, and still rows with what could be read from the stored answer.
         again, _ = predict_zero_shot(images, PROMPT, settings, tmp_path / "again", progress=False)
-        assert state.requests == 3 + 2  # only the two failed images are asked again
+        assert state.requests == 3
+        assert again.equals(table)
+        retried, _ = predict_zero_shot(
+            images, PROMPT, {**settings, "retry_failed": True}, tmp_path / "retry", progress=False
+        )
+        assert state.requests == 3 + 2  # asked for: only the two failed images
     assert table["image_id"].to_list() == ["img0", "img1", "img2"]
-    assert summary["captioned"] == 1
+    assert summary["captioned"] == 1 and summary["permanent_failures"] == 2
     by_status = {row["parse_status"]: row for row in table.iter_rows(named=True)}
     valid = by_status["caption_json"]
     # The stand-in answers with the coordinates it finds in the prompt, else (0, 0): the
     # zero-shot prompt told it nothing.
     assert (valid["pred_lat"], valid["pred_lon"]) == (0.0, 0.0)
-    assert again.filter(pl.col("parse_status") == "caption_json").height == 3
+    assert retried.filter(pl.col("parse_status") == "caption_json").height == 3
     assert json.loads(valid["raw_answer"])["answer"]["coordinates"]["latitude"] == 0.0
-    assert (tmp_path / "answers" / f"{valid['image_id']}.json").exists()
+    assert caption_file(tmp_path / "answers", valid["image_id"]).exists()  # sharded
     malformed = next(r for s, r in by_status.items() if s.startswith("invalid_malformed_json"))
     assert malformed["raw_answer"] and malformed["pred_lat"] == 0.0  # parsed leniently
     blocked = next(r for s, r in by_status.items() if s.startswith("invalid_blocked"))

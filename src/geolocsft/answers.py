@@ -1,6 +1,18 @@
-"""Read coordinates out of a model's free-form answer.
+"""Read coordinates out of a model's answer.
 
-Models answer in many shapes; this parser accepts, in order of trust:
+What is accepted depends on what the model was trained (or asked) to write, ``expect``:
+
+``caption``
+    A fine-tuned run whose target is a geo-caption JSON (``full``: reasoning then answer, or
+    ``answer``): the coordinates are read from ``answer.coordinates`` only (the JSON keys as the
+    caption schema names them), from the whole JSON or, when the answer was cut off after the
+    coordinates, from the ``"answer": {"coordinates": {...}`` block. Nothing else counts: a
+    reasoning text that mentions "Route 9 W, close to exit 12 N" is not an answer.
+``coordinates``
+    A run whose target is ``{"latitude": ..., "longitude": ...}``: those two keys of the
+    top-level JSON object (or of its cut-off text), nothing else.
+``any``
+    A model not trained on our format (zero-shot API models): in order of trust
 
 1. the geo-caption JSON's ``answer.coordinates`` (also inside markdown fences, after prose,
    or in JSON cut off after the coordinates were written);
@@ -19,8 +31,28 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel
+
+from geolocsft.captions.schema import Answer, Coordinates, GeoCaption
 
 NUMBER = r"[-+]?\d{1,3}(?:\.\d+)?"
+#: What a model was trained (or asked) to write; see the module docstring.
+AnswerFormat = Literal["caption", "coordinates", "any"]
+
+
+def json_key(model: type[BaseModel], name: str) -> str:
+    """The key a caption field has in JSON (its alias when the schema gives one)."""
+    info = model.model_fields[name]
+    return info.serialization_alias or info.alias or name
+
+
+#: ``answer``, ``coordinates``, ``latitude`` and ``longitude`` as a caption's JSON names them.
+ANSWER_KEY = json_key(GeoCaption, "answer")
+COORDINATES_KEY = json_key(Answer, "coordinates")
+LATITUDE_KEY = json_key(Coordinates, "latitude")
+LONGITUDE_KEY = json_key(Coordinates, "longitude")
 
 
 @dataclass(frozen=True)
@@ -93,10 +125,71 @@ def _pairs_with_hemispheres(values: list[tuple[float, str]]) -> tuple[float, flo
     return None
 
 
-def parse_answer(text: str | None) -> ParsedAnswer:
-    """The coordinates in a model's answer (see the module docstring for the formats)."""
+def _point(node: object, lat_key: str, lon_key: str) -> tuple[float, float] | None:
+    """``node[lat_key], node[lon_key]`` as a valid point, or None."""
+    if not isinstance(node, dict) or lat_key not in node or lon_key not in node:
+        return None
+    try:
+        lat, lon = float(node[lat_key]), float(node[lon_key])
+    except (TypeError, ValueError):
+        return None
+    return (lat, lon) if _valid(lat, lon) else None
+
+
+def _decoded(text: str) -> list[object]:
+    """Every JSON value the answer holds whole (fenced blocks, or from its first brace)."""
+    values = []
+    for candidate in _json_candidates(text):
+        try:
+            values.append(json.loads(candidate))
+        except json.JSONDecodeError:
+            continue
+    return values
+
+
+_CAPTION_ANSWER = re.compile(
+    rf'"{re.escape(ANSWER_KEY)}"\s*:\s*\{{\s*"{re.escape(COORDINATES_KEY)}"\s*:\s*'
+    r"\{(?P<body>[^{}]*)\}?",
+    flags=re.DOTALL,
+)
+
+
+def _parse_caption(text: str) -> ParsedAnswer:
+    """``answer.coordinates`` of a geo-caption JSON, whole or cut off after the coordinates."""
+    for value in _decoded(text):
+        answer = value.get(ANSWER_KEY) if isinstance(value, dict) else None
+        coordinates = answer.get(COORDINATES_KEY) if isinstance(answer, dict) else None
+        if found := _point(coordinates, LATITUDE_KEY, LONGITUDE_KEY):
+            return ParsedAnswer(*found, "json")
+    # A cut-off or slightly broken JSON: the last answer block that holds coordinates.
+    for block in reversed(list(_CAPTION_ANSWER.finditer(text))):
+        found = _point(_loose_object(block.group("body")), LATITUDE_KEY, LONGITUDE_KEY)
+        if found:
+            return ParsedAnswer(*found, "json_partial")
+    return UNPARSEABLE
+
+
+def _parse_coordinates(text: str) -> ParsedAnswer:
+    """``{"latitude": .., "longitude": ..}`` (top-level keys), whole or cut off after them."""
+    for value in _decoded(text):
+        if found := _point(value, "latitude", "longitude"):
+            return ParsedAnswer(*found, "json")
+    start = text.find("{")
+    if start >= 0 and "{" not in text[start + 1 :]:
+        found = _point(_loose_object(text[start + 1 :]), "latitude", "longitude")
+        if found:
+            return ParsedAnswer(*found, "json_partial")
+    return UNPARSEABLE
+
+
+def parse_answer(text: str | None, expect: AnswerFormat = "any") -> ParsedAnswer:
+    """The coordinates in a model's answer (see the module docstring for ``expect``)."""
     if not text or not text.strip():
         return UNPARSEABLE
+    if expect == "caption":
+        return _parse_caption(text)
+    if expect == "coordinates":
+        return _parse_coordinates(text)
     for candidate in _json_candidates(text):
         try:
             found = _from_json_value(json.loads(candidate))

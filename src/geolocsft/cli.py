@@ -256,6 +256,121 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0 if all(f.status == "ok" for f in findings) else 2
 
 
+def add_captions_command(subparsers: Subparsers) -> argparse.ArgumentParser:
+    """``geolocsft captions import DIR`` / ``export``: captions made elsewhere, in and out."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "captions",
+        help="import captions written by the GeoLocSFT paper's script, or export ours so",
+        description="Move geo-captions between this workflow and the GeoLocSFT paper's format.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    importing = actions.add_parser(
+        "import",
+        help="store per-image caption JSON files as answers, so no request is paid for them",
+        description=(
+            "Read the per-image JSON files in DIR (as written by the GeoLocSFT paper's "
+            "captioning script: <image>.json with image_id, thinking and answer in the paper's "
+            "field names; this workflow's caption files work too), validate each against the "
+            "caption schema and store it in the response store as the answer of the configured "
+            "captioner (captions.backend, model, prompt and parameters) for its manifest image "
+            "(matched by image id, or by the image file's name without extension). The next "
+            "workflow run builds their caption files from the store and sends no request for "
+            "them. Every file is listed in a report under <store>/imports/."
+        ),
+    )
+    importing.add_argument("source", type=Path, metavar="DIR", help="folder of caption files")
+    _workflow_arguments(importing)
+    exporting = actions.add_parser(
+        "export",
+        help="write caption files as the paper's script writes its answers",
+        description=(
+            "Write each caption file under CAPTIONS (a results/geocaptions/.../captions "
+            "folder) as <OUT>/<image file stem>.json with image_id, thinking and answer, the "
+            "format the GeoLocSFT paper's script writes."
+        ),
+    )
+    exporting.add_argument("captions", type=Path, metavar="CAPTIONS", help="caption folder")
+    exporting.add_argument("out", type=Path, metavar="OUT", help="output folder")
+    exporting.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="MANIFEST",
+        help="manifest (.parquet) giving each image's file name (default: <image_id>.jpg)",
+    )
+    parser.set_defaults(handler=run_captions)
+    return parser
+
+
+def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--directory",
+        "-d",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="the workflow's working directory (default: the current one)",
+    )
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config file(s), relative to DIR, merged in order (default: config/config.yaml)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("results/manifest.parquet"),
+        metavar="MANIFEST",
+        help="the corpus manifest, relative to DIR (default: results/manifest.parquet)",
+    )
+
+
+def run_captions(args: argparse.Namespace) -> int:
+    """Handler of ``geolocsft captions``."""
+    import polars as pl
+
+    from geolocsft.captions.importer import (
+        export_paper_format,
+        import_captions,
+        load_config,
+        report_line,
+    )
+
+    if args.action == "export":
+        names = None
+        if args.manifest is not None:
+            manifest = pl.read_parquet(args.manifest, columns=["image_id", "path"])
+            names = {i: Path(p).name for i, p in manifest.iter_rows()}
+        count = export_paper_format(args.captions, args.out, names)
+        print(f"{count} captions written to {args.out}")
+        return 0
+    from geolocsft.captions.prompts import PromptTemplate
+    from geolocsft.captions.stage import backend_identity
+    from geolocsft.captions.store import ResponseStore
+    from geolocsft.settings import with_defaults
+
+    base: Path = args.directory
+    files = [base / f for f in (args.configfile or [Path("config/config.yaml")])]
+    captions = with_defaults("captions", load_config(files).get("captions", {}))
+    manifest_path = base / args.manifest
+    if not manifest_path.is_file():
+        raise GeolocsftError(
+            f"{manifest_path}: no manifest; run the workflow's ingest first "
+            "(snakemake --until ingest_corpus)"
+        )
+    report = import_captions(
+        args.source,
+        pl.read_parquet(manifest_path),
+        backend_identity(captions),
+        PromptTemplate.load(base / "config" / "prompts" / f"{captions['prompt_version']}.txt"),
+        ResponseStore(base / captions["store"]),
+    )
+    print(report_line(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geolocsft",
@@ -270,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_evaluate_command(subparsers)
     add_audit_command(subparsers)
+    add_captions_command(subparsers)
     return parser
 
 

@@ -69,10 +69,15 @@ def to_rgb8(image: Image) -> Image:
 
 
 def open_upright_rgb(path: Path) -> Image:
-    """A photo as 8-bit RGB, turned upright by its EXIF orientation."""
+    """A photo as 8-bit RGB, turned upright by its EXIF orientation.
+
+    Pillow's own pixel limit is lifted: the stages read only images that ingest accepted under
+    ``ingest.max_image_pixels``, which may be set above Pillow's default.
+    """
     from PIL import Image as PILImage
     from PIL import ImageOps
 
+    PILImage.MAX_IMAGE_PIXELS = None
     try:
         with PILImage.open(path) as opened:
             return to_rgb8(ImageOps.exif_transpose(opened))

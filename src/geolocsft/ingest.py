@@ -1,43 +1,40 @@
 """Ingest: an image folder plus a metadata table (or EXIF GPS) → a validated manifest.
 
 The manifest has one row per usable image: id, path, sha256 of the bytes, size, format,
-coordinates, a deterministic train/test split and the offline reverse-geocoded country.
-Every input row or image that cannot be used becomes a row of the rejection report with the
-file, the table row and the reason; with ``on_bad_input: fail`` any such row stops the run with
-an error that lists them instead.
+coordinates, a deterministic train/test split, the offline reverse-geocoded country, ``phash``
+(a perceptual hash, :mod:`geolocsft.image_check`) and ``split_group`` (the key the split was
+drawn by: the id, or the image's group under ``ingest.split_by``). Every input row or image that
+cannot be used becomes a row of the rejection report with the file, the table row and the
+reason; with ``on_bad_input: fail`` any such row stops the run with an error that names them
+and writes all of them to a report beside the log.
+
+The stage in three steps, so that the image checks can run as several jobs
+(``scale_out.parts``): :func:`geolocsft.ingest_plan.plan_dataset` reads the table and the folder
+(one stat per image) and decides which file each row names;
+:func:`~geolocsft.ingest_plan.check_plan` checks the images (of one part), reusing the per-item
+memo; :func:`assemble` builds the manifest, the rejection report, the listing of every input
+file and the summary.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import os
-import warnings
-from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import polars as pl
-from tqdm import tqdm
 
-from geolocsft.errors import GeolocsftError, InputTableError
-from geolocsft.geo import valid_coordinates
+from geolocsft.candidates import Candidates
+from geolocsft.errors import GeolocsftError
 from geolocsft.geocode import reverse_geocode
-from geolocsft.images import HIGH_BIT_DEPTH_MODES, IMAGE_SUFFIXES
+from geolocsft.image_check import FACTS_SCHEMA, CheckLimits, default_workers
+from geolocsft.ingest_plan import Plan, check_plan, checked_from_parts, plan_dataset
 from geolocsft.io import atomic_write_json
 from geolocsft.splits import assign_split
-from geolocsft.tables import (
-    ColumnMap,
-    normalise_image_id,
-    parse_coordinate,
-    read_metadata_table,
-    resolve_columns,
-    unsafe_id_reason,
-)
+from geolocsft.tables import ColumnMap
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +65,7 @@ REJECTED_SCHEMA: dict[str, type[pl.DataType] | pl.DataType] = {
     "reason": pl.String,
     "detail": pl.String,
 }
+_SHOWN_IN_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -80,331 +78,235 @@ class IngestSettings:
     high_bit_depth: HighBitDepthPolicy
     test_fraction: float
     split_salt: str
+    split_by: str | None
+    split_group_pattern: str | None
     min_side_px: int
     max_image_pixels: int
     reverse_geocode_max_km: float
     workers: int  # 0 = one per CPU core
 
-
-@dataclass
-class Rejection:
-    """One unusable input row or image, as written to ``rejected.csv``."""
-
-    source: str
-    row: int | None
-    image_id: str | None
-    path: str | None
-    reason: str
-    detail: str
-
-    def describe(self) -> str:
-        where = f"{self.source}, row {self.row}" if self.row is not None else self.source
-        what = f"image {self.image_id!r}" if self.image_id else "this row"
-        file_part = f" ({self.path})" if self.path else ""
-        return f"{where}: {what}{file_part}: {self.reason}: {self.detail}"
-
-
-@dataclass
-class Candidate:
-    """An input row (or an image found in the folder) before its image is checked."""
-
-    image_id: str
-    path: Path
-    source_row: int | None
-    lat: float | None
-    lon: float | None
-
-
-@dataclass
-class ImageFacts:
-    """What decoding an image told us."""
-
-    sha256: str
-    size_bytes: int
-    width: int
-    height: int
-    format: str
-    mode: str
-    exif_lat: float | None = None
-    exif_lon: float | None = None
+    @property
+    def limits(self) -> CheckLimits:
+        return CheckLimits(self.max_image_pixels, self.min_side_px, self.high_bit_depth)
 
 
 @dataclass
 class IngestResult:
-    """Manifest, rejection report and a summary for ``summary.json``."""
+    """Manifest, rejection report, listing of the input files and a summary."""
 
     manifest: pl.DataFrame
     rejected: pl.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    listing: pl.DataFrame | None = None
 
 
-# ---------------------------------------------------------------------------------------------
-# Images
+def split_groups(
+    ids: list[str], groups: list[str | None], settings: IngestSettings
+) -> tuple[list[str], int]:
+    """The key each image's split is drawn by, and how many fell back to their own id.
 
-
-class _FolderIndex:
-    """File names in the image folder, for resolving ids with or without extensions."""
-
-    def __init__(self, images_dir: Path) -> None:
-        self.images_dir = images_dir
-        self.by_name: dict[str, Path] = {}
-        self.by_stem: dict[str, list[Path]] = defaultdict(list)
-        if images_dir.is_dir():
-            for entry in sorted(images_dir.iterdir()):
-                if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
-                    self.by_name[entry.name] = entry
-                    self.by_stem[entry.stem].append(entry)
-
-    def lookup(self, raw_id: str) -> list[Path]:
-        name = raw_id.strip()
-        if name in self.by_name:
-            return [self.by_name[name]]
-        return list(self.by_stem.get(normalise_image_id(name), []))
-
-
-def list_images(images_dir: Path) -> list[Path]:
-    """Image files directly inside ``images_dir`` (by extension), sorted by name."""
-    if not images_dir.is_dir():
-        raise InputTableError(f"{images_dir}: image folder not found")
-    return sorted(
-        p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-
-
-def _rational(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return float("nan")
-
-
-def exif_gps_degrees(gps: dict[int, Any]) -> tuple[float, float] | None:
-    """Decimal (lat, lon) from an EXIF GPS IFD, or ``None`` if it has no usable position."""
-    try:
-        lat_dms, lon_dms = gps[2], gps[4]
-    except KeyError:
-        return None
-    try:
-        lat = sum(_rational(v) / 60**i for i, v in enumerate(lat_dms))
-        lon = sum(_rational(v) / 60**i for i, v in enumerate(lon_dms))
-    except TypeError:
-        return None
-    if str(gps.get(1, "N")).strip().upper().startswith("S"):
-        lat = -lat
-    if str(gps.get(3, "E")).strip().upper().startswith("W"):
-        lon = -lon
-    if not (np.isfinite(lat) and np.isfinite(lon)):
-        return None
-    return lat, lon
-
-
-def inspect_image(
-    path: Path, settings: IngestSettings, read_gps: bool = False
-) -> ImageFacts | tuple[str, str]:
-    """Hash and fully decode one image; return its facts or ``(reason, detail)``.
-
-    Size limits are checked from the header before any pixel is decoded, so a decompression
-    bomb costs nothing. Truncated files fail in the full decode.
+    Without ``split_by`` and ``split_group_pattern`` it is the id. ``split_by`` takes the
+    table column's value; ``split_group_pattern`` (a regular expression) is searched in that
+    value, or in the id, and the group is its first capture group (or the whole match). An image
+    with an empty value, or where the pattern does not match, is its own group.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return "missing_file", "the image file does not exist"
-    except OSError as exc:
-        return "unreadable_file", f"cannot read the file: {exc.strerror or exc}"
-    if not data:
-        return "undecodable", "the file is empty (0 bytes)"
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > settings.max_image_pixels:
-                    return (
-                        "decompression_bomb",
-                        f"{width}x{height} = {width * height:,} pixels exceeds "
-                        f"ingest.max_image_pixels = {settings.max_image_pixels:,}",
-                    )
-                if min(width, height) < settings.min_side_px:
-                    return (
-                        "too_small",
-                        f"{width}x{height} is smaller than ingest.min_side_px = "
-                        f"{settings.min_side_px} (a placeholder or thumbnail?)",
-                    )
-                if image.mode in HIGH_BIT_DEPTH_MODES and settings.high_bit_depth == "reject":
-                    return (
-                        "high_bit_depth",
-                        f"pixel mode {image.mode} is not 8-bit and ingest.high_bit_depth = reject",
-                    )
-                gps = exif_gps_degrees(dict(image.getexif().get_ifd(0x8825))) if read_gps else None
-                image_format, mode = image.format or "unknown", image.mode
-                image.load()
-    except UnidentifiedImageError:
-        return "undecodable", "not an image format Pillow can read"
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow refuses headers beyond twice its own limit before we see the size.
-        return (
-            "decompression_bomb",
-            f"{exc} (ingest.max_image_pixels = {settings.max_image_pixels:,})",
-        )
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return "undecodable", f"decoding failed: {exc}"
-    return ImageFacts(
-        sha256=digest,
-        size_bytes=len(data),
-        width=width,
-        height=height,
-        format=image_format,
-        mode=mode,
-        exif_lat=gps[0] if gps else None,
-        exif_lon=gps[1] if gps else None,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole stage
-
-
-def _display(path: Path, base: Path | None) -> str:
-    if base is not None:
+    if not settings.split_by and not settings.split_group_pattern:
+        return ids, 0
+    values = groups if settings.split_by else ids
+    if settings.split_group_pattern:
         try:
-            return path.relative_to(base).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()
+            pattern = re.compile(settings.split_group_pattern)
+        except re.error as exc:
+            raise GeolocsftError(
+                f"ingest.split_group_pattern = {settings.split_group_pattern!r} is not a "
+                f"regular expression: {exc}"
+            ) from None
+        found = [pattern.search(v) if v else None for v in values]
+        values = [(m.group(1) if pattern.groups else m.group(0)) if m else None for m in found]
+    keys = [v if v else image_id for v, image_id in zip(values, ids, strict=True)]
+    return keys, sum(1 for v in values if not v)
 
 
-def _candidates_from_table(
-    table_path: Path, images_dir: Path, column_map: ColumnMap
-) -> tuple[list[Candidate], list[Rejection], list[str]]:
-    table = read_metadata_table(table_path)
-    cols = resolve_columns(table.columns, column_map, str(table_path))
-    folder = _FolderIndex(images_dir)
-    source = str(table_path)
-    candidates: list[Candidate] = []
-    rejections: list[Rejection] = []
-    referenced: set[Path] = set()
+def assemble(
+    plan: Plan,
+    checked: pl.DataFrame,
+    settings: IngestSettings,
+    split_mode: SplitMode = "hash",
+    failure_report: Path | None = None,
+) -> IngestResult:
+    """The manifest, the rejection report, the listing and the summary from checked candidates.
 
-    ids = table[cols.id].to_list() if cols.id else [None] * table.height
-    files = table[cols.file].to_list() if cols.file else [None] * table.height
-    # resolve_columns raised unless both coordinate columns were found.
-    lats = table[str(cols.lat)].to_list()
-    lons = table[str(cols.lon)].to_list()
-    for index, (raw_id, raw_file, raw_lat, raw_lon) in enumerate(
-        zip(ids, files, lats, lons, strict=True)
-    ):
-        row = index + 1  # 1-based data row (the header is not counted)
-        raw_file = (raw_file or "").strip()
-        if raw_id is None or not raw_id.strip():
-            raw_id = PurePosixPath(raw_file).name if raw_file else ""
-        image_id = normalise_image_id(raw_id)
-
-        def reject(
-            reason: str,
-            detail: str,
-            path: str | None = None,
-            *,
-            _row: int = row,
-            _id: str = image_id,
-        ) -> None:
-            rejections.append(Rejection(source, _row, _id or None, path, reason, detail))
-
-        problem = unsafe_id_reason(image_id)
-        if problem:
-            reject("unsafe_id" if image_id else "empty_id", f"{problem}: {raw_id!r}")
-            continue
-        if raw_file:
-            given = Path(raw_file)
-            options = (
-                [given]
-                if given.is_absolute()
-                else [table_path.parent / given, images_dir / given, images_dir / given.name]
-            )
-            path = next((p for p in options if p.is_file()), options[0])
-            if not path.is_file():
-                reject("missing_file", f"file {raw_file!r} not found", raw_file)
-                continue
-        else:
-            matches = folder.lookup(raw_id)
-            if not matches:
-                reject("missing_file", f"no file named {raw_id!r}[.ext] in {images_dir}")
-                continue
-            if len(matches) > 1:
-                names = ", ".join(p.name for p in matches)
-                reject("ambiguous_file", f"several files match the id: {names}")
-                continue
-            path = matches[0]
-        referenced.add(path.resolve())
-
-        lat, lon = parse_coordinate(raw_lat), parse_coordinate(raw_lon)
-        if lat is None or lon is None:
-            which = [n for n, v in (("lat", lat), ("lon", lon)) if v is None]
-            shown = {"lat": raw_lat, "lon": raw_lon}
-            reject(
-                "missing_coordinates",
-                ", ".join(f"{n} = {shown[n]!r} is empty or not a number" for n in which),
-                path.as_posix(),
-            )
-            continue
-        if not -90.0 <= lat <= 90.0:
-            reject("bad_latitude", f"lat = {raw_lat} is outside [-90, 90]", path.as_posix())
-            continue
-        if not -180.0 <= lon <= 180.0:
-            reject("bad_longitude", f"lon = {raw_lon} is outside [-180, 180]", path.as_posix())
-            continue
-        candidates.append(Candidate(image_id, path, row, lat, lon))
-
-    unlabelled = sorted(p.name for p in folder.by_name.values() if p.resolve() not in referenced)
-    return candidates, rejections, unlabelled
-
-
-def _candidates_from_folder(images_dir: Path) -> tuple[list[Candidate], list[Rejection]]:
-    candidates, rejections = [], []
-    for path in list_images(images_dir):
-        image_id = normalise_image_id(path.name)
-        problem = unsafe_id_reason(image_id)
-        if problem:
-            rejections.append(
-                Rejection(str(images_dir), None, image_id, path.as_posix(), "unsafe_id", problem)
-            )
-            continue
-        candidates.append(Candidate(image_id, path, None, None, None))
-    return candidates, rejections
-
-
-def _split_duplicates(
-    candidates: list[Candidate], source: str
-) -> tuple[list[Candidate], list[Rejection]]:
-    """Drop exact repeats (kept once) and refuse ids used for different files or places."""
-    groups: dict[str, list[Candidate]] = defaultdict(list)
-    for cand in candidates:
-        groups[cand.image_id].append(cand)
-    kept, rejections = [], []
-    for image_id, group in groups.items():
-        if len(group) == 1:
-            kept.append(group[0])
-            continue
-        rows = ", ".join(str(c.source_row) if c.source_row else c.path.name for c in group)
-        distinct = {(c.path.resolve(), c.lat, c.lon) for c in group}
-        if len(distinct) == 1:
-            kept.append(group[0])
-            reason, rejected = "duplicate_row", group[1:]
-            detail = f"an identical copy of row {group[0].source_row} (kept there)"
-        else:
-            reason, rejected = "duplicate_id", group
-            detail = (
-                f"the id is used by several rows/files with different files or coordinates "
-                f"({rows}); none is kept because which is right is unknown"
-            )
-        rejections += [
-            Rejection(source, dup.source_row, image_id, dup.path.as_posix(), reason, detail)
-            for dup in rejected
+    Raises :class:`GeolocsftError` when the policy is ``fail`` and any row is unusable (after
+    writing every problem to ``failure_report``, when given), or when no image is usable.
+    """
+    found = plan.found
+    bad = checked.filter(pl.col("reason").is_not_null())
+    good = checked.filter(pl.col("reason").is_null())
+    if plan.from_table:
+        good = good.with_columns(pl.lit("table").alias("coord_source"))
+    else:
+        good = good.with_columns(
+            pl.col("exif_lat").alias("lat"),
+            pl.col("exif_lon").alias("lon"),
+            pl.lit("exif").alias("coord_source"),
+        )
+        usable = pl.col("lat").is_between(-90, 90) & pl.col("lon").is_between(-180, 180)
+        no_gps = good.filter(~usable.fill_null(False)).with_columns(
+            pl.lit("no_exif_gps").alias("reason"),
+            pl.lit(
+                "no metadata table was given and the image has no usable EXIF GPS position"
+            ).alias("detail"),
+        )
+        good = good.filter(usable.fill_null(False))
+        bad = pl.concat([bad, no_gps.select(bad.columns)])
+    rejected = pl.concat(
+        [
+            pl.DataFrame([asdict(r) for r in found.rejections], schema=REJECTED_SCHEMA),
+            bad.select(
+                pl.lit(found.source).alias("source"),
+                pl.col("source_row").alias("row"),
+                "image_id",
+                "path",
+                "reason",
+                "detail",
+            ),
         ]
-    kept.sort(key=lambda c: (c.source_row or 0, c.image_id))
-    return kept, rejections
+    ).sort("row", "image_id", nulls_last=True, maintain_order=True)
+
+    manifest = good.select([c for c in MANIFEST_SCHEMA if c != "split"])
+    ids = manifest["image_id"].to_list()
+    groups, fallbacks = split_groups(ids, good["group"].to_list(), settings)
+    if split_mode == "hash":
+        splits = assign_split(groups, settings.test_fraction, settings.split_salt)
+    else:
+        splits = ["test" if split_mode == "all_test" else "train"] * manifest.height
+    manifest = manifest.with_columns(pl.Series("split", splits, dtype=pl.String))
+    places = reverse_geocode(manifest["lat"], manifest["lon"], settings.reverse_geocode_max_km)
+    manifest = pl.concat(
+        [
+            manifest,
+            places,
+            good.select("phash"),
+            pl.DataFrame({"split_group": groups}, schema={"split_group": pl.String}),
+        ],
+        how="horizontal",
+    )
+    summary = _summary(manifest, rejected, found, settings, split_mode, fallbacks)
+    read = int(checked["checked_now"].sum())
+    summary |= {"checked_now": read, "checked_before": checked.height - read}
+    _enforce_policy(rejected, manifest, settings, found.source, failure_report)
+    return IngestResult(manifest, rejected, summary, _listing(plan, checked))
+
+
+def _listing(plan: Plan, checked: pl.DataFrame) -> pl.DataFrame:
+    """Every input file: each image of the folder and each file a row names outside it."""
+    hashed = checked.select("relpath", "in_folder", "sha256").unique("relpath", keep="first")
+    folder = plan.scan.join(
+        hashed.filter("in_folder").drop("in_folder"), on="relpath", how="left"
+    ).select(
+        (pl.lit(f"{plan.shown_dir}/") + pl.col("relpath")).alias("path"),
+        "bytes",
+        "mtime_ns",
+        "sha256",
+    )
+    outside = (
+        checked.filter(~pl.col("in_folder"))
+        .unique("relpath", keep="first")
+        .select("path", "bytes", "mtime_ns", "sha256")
+    )
+    return pl.concat([folder, outside]).sort("path")
+
+
+def _summary(
+    manifest: pl.DataFrame,
+    rejected: pl.DataFrame,
+    found: Candidates,
+    settings: IngestSettings,
+    split_mode: SplitMode,
+    split_fallbacks: int,
+) -> dict[str, Any]:
+    same_bytes = (
+        manifest.group_by("sha256")
+        .agg(pl.col("image_id").sort())
+        .filter(pl.col("image_id").list.len() > 1)
+        .sort(pl.col("image_id").list.first())["image_id"]
+        .to_list()
+    )
+    if same_bytes:
+        log.warning(
+            "%d groups of ids share identical image bytes: %s", len(same_bytes), same_bytes[:20]
+        )
+    unlabelled = found.unlabelled
+    if unlabelled:
+        log.warning(
+            "%d images in the folder have no row in the metadata table (rejected as "
+            "no_metadata_row), e.g. %s",
+            len(unlabelled),
+            ", ".join(unlabelled[:5]),
+        )
+    if split_fallbacks:
+        log.warning(
+            "%d images have no split group (empty ingest.split_by value, or "
+            "ingest.split_group_pattern does not match): each is its own group",
+            split_fallbacks,
+        )
+    return {
+        "images": manifest.height,
+        "rejected": rejected.height,
+        "rejected_by_reason": dict(Counter(rejected["reason"].to_list()).most_common()),
+        "split_mode": split_mode,
+        "splits": dict(Counter(manifest["split"].to_list()).most_common()),
+        "split_groups": manifest["split_group"].n_unique(),
+        "split_group_fallbacks": split_fallbacks,
+        "countries": manifest["country_code"].n_unique()
+        - int(manifest["country_code"].has_nulls()),
+        "without_country": int(manifest["country_code"].null_count()),
+        "identical_bytes_groups": same_bytes[:100],
+        "identical_bytes_group_count": len(same_bytes),
+        "unlabelled_images": len(unlabelled),
+        "unlabelled_examples": unlabelled[:20],
+        "settings": asdict(settings),
+    }
+
+
+def _enforce_policy(
+    rejected: pl.DataFrame,
+    manifest: pl.DataFrame,
+    settings: IngestSettings,
+    source: str,
+    failure_report: Path | None,
+) -> None:
+    if failure_report is not None:
+        failure_report.unlink(missing_ok=True)  # a report of an earlier failed run
+    if rejected.height and settings.on_bad_input == "fail":
+        problems = [_describe(r) for r in rejected.head(_SHOWN_IN_ERRORS).iter_rows(named=True)]
+        more = rejected.height - len(problems)
+        where = ""
+        if failure_report is not None:
+            failure_report.parent.mkdir(parents=True, exist_ok=True)
+            rejected.write_csv(failure_report)
+            where = f"\nAll {rejected.height} are listed in {failure_report}."
+        raise GeolocsftError(
+            f"{rejected.height} unusable input rows/images and ingest.on_bad_input = fail:\n  "
+            + "\n  ".join(problems)
+            + (f"\n  … and {more} more" if more else "")
+            + where
+            + "\nFix them, or set ingest.on_bad_input: quarantine to set them aside in "
+            "rejected.csv."
+        )
+    if manifest.height == 0:
+        detail = "\n  ".join(_describe(r) for r in rejected.head(10).iter_rows(named=True))
+        raise GeolocsftError(
+            f"{source}: no usable image"
+            + (f"; the first problems:\n  {detail}" if detail else " (the input is empty)")
+        )
+
+
+def _describe(row: dict[str, Any]) -> str:
+    where = f"{row['source']}, row {row['row']}" if row["row"] is not None else row["source"]
+    what = f"image {row['image_id']!r}" if row["image_id"] else "this row"
+    file_part = f" ({row['path']})" if row["path"] else ""
+    return f"{where}: {what}{file_part}: {row['reason']}: {row['detail']}"
 
 
 def ingest(
@@ -414,162 +316,60 @@ def ingest(
     settings: IngestSettings,
     split_mode: SplitMode = "hash",
     path_base: Path | None = None,
+    *,
+    encoding: str = "utf-8",
+    memo_dir: Path | None = None,
+    part_files: list[Path] | None = None,
+    failure_report: Path | None = None,
 ) -> IngestResult:
     """Build the manifest of one dataset.
 
     ``metadata_table=None`` reads coordinates from each image's EXIF GPS block.
     ``split_mode="all_test"`` is for benchmarks, whose every image is evaluated.
     Paths in the outputs are written relative to ``path_base`` when they lie under it.
+    ``memo_dir`` keeps each image's check for the next run; ``part_files`` are the results of
+    the part jobs (``scale_out.parts``), used instead of checking here.
     Raises :class:`GeolocsftError` when the policy is ``fail`` and any row is unusable, or when
     no image at all is usable.
     """
-    if metadata_table is not None:
-        candidates, rejections, unlabelled = _candidates_from_table(
-            metadata_table, images_dir, column_map
-        )
-        source = str(metadata_table)
-    else:
-        candidates, rejections = _candidates_from_folder(images_dir)
-        unlabelled = []
-        source = str(images_dir)
-    candidates, duplicate_rejections = _split_duplicates(candidates, source)
-    rejections.extend(duplicate_rejections)
-
-    workers = settings.workers or os.cpu_count() or 1
-    read_gps = metadata_table is None
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        checked = list(
-            tqdm(
-                pool.map(lambda c: inspect_image(c.path, settings, read_gps), candidates),
-                total=len(candidates),
-                desc=f"checking images in {images_dir}",
-                unit="img",
-                mininterval=2.0,
-                disable=None,
-            )
-        )
-
-    rows: list[dict[str, Any]] = []
-    for cand, facts in zip(candidates, checked, strict=True):
-        shown_path = _display(cand.path, path_base)
-        if isinstance(facts, tuple):
-            reason, detail = facts
-            rejections.append(
-                Rejection(source, cand.source_row, cand.image_id, shown_path, reason, detail)
-            )
-            continue
-        lat, lon, coord_source = cand.lat, cand.lon, "table"
-        if read_gps:
-            lat, lon, coord_source = facts.exif_lat, facts.exif_lon, "exif"
-            if lat is None or lon is None or not valid_coordinates(lat, lon):
-                rejections.append(
-                    Rejection(
-                        source,
-                        None,
-                        cand.image_id,
-                        shown_path,
-                        "no_exif_gps",
-                        "no metadata table was given and the image has no usable EXIF GPS position",
-                    )
-                )
-                continue
-        rows.append(
-            {
-                "image_id": cand.image_id,
-                "path": shown_path,
-                "sha256": facts.sha256,
-                "bytes": facts.size_bytes,
-                "width": facts.width,
-                "height": facts.height,
-                "format": facts.format,
-                "mode": facts.mode,
-                "lat": lat,
-                "lon": lon,
-                "coord_source": coord_source,
-                "source_row": cand.source_row,
-            }
-        )
-
-    manifest = pl.DataFrame(rows, schema={k: v for k, v in MANIFEST_SCHEMA.items() if k != "split"})
-    if split_mode == "hash":
-        splits = assign_split(manifest["image_id"], settings.test_fraction, settings.split_salt)
-    else:
-        splits = ["test" if split_mode == "all_test" else "train"] * manifest.height
-    manifest = manifest.with_columns(pl.Series("split", splits, dtype=pl.String))
-
-    places = reverse_geocode(manifest["lat"], manifest["lon"], settings.reverse_geocode_max_km)
-    manifest = pl.concat([manifest, places], how="horizontal")
-
-    rejected = pl.DataFrame([asdict(r) for r in rejections], schema=REJECTED_SCHEMA).sort(
-        "row", "image_id", nulls_last=True
+    plan = plan_dataset(
+        images_dir,
+        metadata_table,
+        column_map,
+        split_by=settings.split_by if split_mode == "hash" else None,
+        encoding=encoding,
+        path_base=path_base,
     )
-    summary = _summary(manifest, rejected, unlabelled, settings, split_mode)
-    _enforce_policy(rejections, manifest, settings, source)
-    return IngestResult(manifest=manifest, rejected=rejected, summary=summary)
-
-
-def _summary(
-    manifest: pl.DataFrame,
-    rejected: pl.DataFrame,
-    unlabelled: list[str],
-    settings: IngestSettings,
-    split_mode: SplitMode,
-) -> dict[str, Any]:
-    same_bytes = (
-        manifest.group_by("sha256")
-        .agg(pl.col("image_id").sort())
-        .filter(pl.col("image_id").list.len() > 1)["image_id"]
-        .to_list()
-    )
-    if same_bytes:
-        log.warning("%d groups of ids share identical image bytes: %s", len(same_bytes), same_bytes)
-    if unlabelled:
-        log.warning(
-            "%d images in the folder have no row in the metadata table (not ingested), e.g. %s",
-            len(unlabelled),
-            ", ".join(unlabelled[:5]),
-        )
-    return {
-        "images": manifest.height,
-        "rejected": rejected.height,
-        "rejected_by_reason": dict(Counter(rejected["reason"].to_list()).most_common()),
-        "split_mode": split_mode,
-        "splits": dict(Counter(manifest["split"].to_list()).most_common()),
-        "countries": manifest["country_code"].n_unique()
-        - int(manifest["country_code"].has_nulls()),
-        "without_country": int(manifest["country_code"].null_count()),
-        "identical_bytes_groups": same_bytes,
-        "unlabelled_images": len(unlabelled),
-        "unlabelled_examples": unlabelled[:20],
-        "settings": asdict(settings),
-    }
-
-
-def _enforce_policy(
-    rejections: list[Rejection], manifest: pl.DataFrame, settings: IngestSettings, source: str
-) -> None:
-    if rejections and settings.on_bad_input == "fail":
-        shown = "\n  ".join(r.describe() for r in rejections[:20])
-        more = f"\n  … and {len(rejections) - 20} more" if len(rejections) > 20 else ""
-        raise GeolocsftError(
-            f"{len(rejections)} unusable input rows/images and ingest.on_bad_input = fail:\n  "
-            f"{shown}{more}\nFix them, or set ingest.on_bad_input: quarantine to set them aside "
-            "in rejected.csv."
-        )
-    if manifest.height == 0:
-        detail = "\n  ".join(r.describe() for r in rejections[:10])
-        raise GeolocsftError(
-            f"{source}: no usable image"
-            + (f"; the first problems:\n  {detail}" if detail else " (the input is empty)")
-        )
+    workers = default_workers(settings.workers)
+    if part_files:
+        checked = checked_from_parts(plan, part_files, settings.limits, workers, memo_dir)
+    else:
+        checked = check_plan(plan, settings.limits, workers, memo_dir)
+    return assemble(plan, checked, settings, split_mode, failure_report)
 
 
 def write_outputs(
-    result: IngestResult, manifest_path: Path, rejected_path: Path, summary_path: Path
+    result: IngestResult,
+    manifest_path: Path,
+    rejected_path: Path,
+    summary_path: Path,
+    listing_path: Path | None = None,
 ) -> None:
-    """Write the manifest (Parquet), the rejection report (CSV) and the summary (JSON)."""
+    """Write the manifest (Parquet), the rejection report (CSV), the summary (JSON) and the
+    listing of the input files (Parquet)."""
     for path in (manifest_path, rejected_path, summary_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     result.manifest.write_parquet(manifest_path, statistics=True)
     result.rejected.write_csv(rejected_path)
     atomic_write_json(summary_path, result.summary)
+    if listing_path is not None and result.listing is not None:
+        listing_path.parent.mkdir(parents=True, exist_ok=True)
+        result.listing.write_parquet(listing_path, statistics=True)
+
+
+def write_part(checked: pl.DataFrame, path: Path) -> None:
+    """The facts of one part's images (the output of a part job)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checked.select("key", "relpath", *FACTS_SCHEMA, "checked_now").write_parquet(
+        path, statistics=True
+    )

@@ -89,10 +89,71 @@ def table_separator(path: Path) -> str:
     return "\t" if path.suffix.lower() in TSV_SUFFIXES else ","
 
 
-def read_text_table(path: Path, what: str = "table") -> pl.DataFrame:
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def encoding_problem(data: bytes, encoding: str) -> str | None:
+    """Why ``data`` is not text in ``encoding`` (where, and what it probably is), or None.
+
+    For a table declared (or assumed) UTF-8 that is not, the message names the line and the
+    bytes, and guesses the real encoding: UTF-16 by its byte-order mark or its NUL bytes, else
+    Windows-1252 (the usual Excel export on Windows; Latin-1 is a subset), showing how the
+    bytes read there.
+    """
+    try:
+        data.decode(encoding)
+    except LookupError:
+        return f"unknown encoding {encoding!r} (use a Python codec name: utf-8, cp1252, latin-1)"
+    except UnicodeDecodeError as exc:
+        line = _line_of(data, exc.start)
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        end = data.find(b"\n", exc.start)
+        raw = data[start : end if end != -1 else len(data)][:120]
+        where = f"line {line} (byte {exc.start:,}) holds {data[exc.start : exc.end]!r}"
+        if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            return where
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            guess = "it starts with a UTF-16 byte-order mark: the encoding is utf-16"
+        elif data[:4096].count(b"\0") > len(data[:4096]) // 4:
+            guess = "it holds many NUL bytes: probably utf-16 without a byte-order mark"
+        else:
+            try:
+                shown = raw.decode("cp1252").strip()
+                guess = f"as Windows-1252 (cp1252) that line reads {shown!r}"
+            except UnicodeDecodeError:
+                shown = raw.decode("latin-1").strip()
+                guess = f"as Latin-1 (latin-1) that line reads {shown!r}"
+        return f"{where}; {guess}"
+    return None
+
+
+def decoded_table_bytes(path: Path, what: str, encoding: str, hint: str = "") -> bytes:
+    """The bytes of a CSV/TSV file as UTF-8, or :class:`InputTableError` naming its encoding."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputTableError(f"{path}: cannot read the {what}: {exc}") from exc
+    problem = encoding_problem(data, encoding)
+    if problem:
+        raise InputTableError(
+            f"{path}: the {what} is not valid {encoding} text: {problem}. Save it as UTF-8"
+            + (f", or {hint}" if hint else "")
+        )
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        return data
+    return data.decode(encoding).encode("utf-8")
+
+
+def read_text_table(
+    path: Path, what: str = "table", encoding: str = "utf-8", hint: str = ""
+) -> pl.DataFrame:
     """A CSV/TSV/Parquet table with every column as text and header names stripped.
 
-    Raises :class:`InputTableError` naming the file when it is missing or unreadable.
+    Text tables are read as ``encoding`` (UTF-8 by default; a byte-order mark is fine); bytes that
+    are not valid there raise :class:`InputTableError` naming the file, the line and the likely
+    encoding, with ``hint`` saying how to declare it. Raises :class:`InputTableError` naming the
+    file when it is missing or unreadable.
     """
     if not path.is_file():
         raise InputTableError(f"{path}: {what} not found (no such file)")
@@ -102,7 +163,9 @@ def read_text_table(path: Path, what: str = "table") -> pl.DataFrame:
             table = table.with_columns(pl.all().cast(pl.String))
         else:
             table = pl.read_csv(
-                path, infer_schema=False, separator=table_separator(path), encoding="utf8-lossy"
+                decoded_table_bytes(path, what, encoding, hint),
+                infer_schema=False,
+                separator=table_separator(path),
             )
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputTableError(f"{path}: cannot read the {what}: {exc}") from exc
@@ -112,13 +175,24 @@ def read_text_table(path: Path, what: str = "table") -> pl.DataFrame:
     return table
 
 
-def read_table_header(path: Path, what: str = "table") -> list[str]:
+def read_table_header(
+    path: Path, what: str = "table", encoding: str = "utf-8", hint: str = ""
+) -> list[str]:
     """The column names of a CSV/TSV/Parquet table, read without its rows."""
     if not path.is_file():
         raise InputTableError(f"{path}: {what} not found (no such file)")
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             return list(pl.read_parquet_schema(path))
-        return pl.read_csv(path, n_rows=0, separator=table_separator(path)).columns
+        with path.open("rb") as handle:
+            first = handle.readline(1 << 20)
+        problem = encoding_problem(first, encoding)
+        if problem:
+            raise InputTableError(
+                f"{path}: the {what}'s header is not valid {encoding} text: {problem}. Save it as "
+                "UTF-8" + (f", or {hint}" if hint else "")
+            )
+        header = first.decode(encoding).encode("utf-8")
+        return pl.read_csv(header, n_rows=0, separator=table_separator(path)).columns
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputTableError(f"{path}: cannot read the {what}: {exc}") from exc

@@ -22,6 +22,7 @@ so a change to either starts a fresh memo rather than reusing stale items.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 #: Parts of an item table beyond which the next write compacts them into one.
 MAX_PARTS = 16
+_READ_ATTEMPTS = 5
 
 
 def memo_version(*parts: Any) -> str:
@@ -61,15 +63,25 @@ class ItemTable:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
     def load(self, keys: Sequence[str] | pl.Series | None = None) -> pl.DataFrame | None:
-        """The stored records (of ``keys`` only, when given), or None when there are none."""
-        parts = self.parts()
-        if not parts:
-            return None
-        frame = pl.scan_parquet(parts)
-        if keys is not None:
-            wanted = pl.Series(self.key, keys, dtype=pl.String).unique()
-            frame = frame.join(wanted.to_frame().lazy(), on=self.key, how="semi")
-        return frame.unique(self.key, keep="first", maintain_order=True).collect()
+        """The stored records (of ``keys`` only, when given), or None when there are none.
+
+        Another job (a part job beside this one) may compact the parts meanwhile: a part that
+        vanishes between listing and reading makes the read start again on the new parts.
+        """
+        for attempt in range(_READ_ATTEMPTS):
+            parts = self.parts()
+            if not parts:
+                return None
+            frame = pl.scan_parquet(parts)
+            if keys is not None:
+                wanted = pl.Series(self.key, keys, dtype=pl.String).unique()
+                frame = frame.join(wanted.to_frame().lazy(), on=self.key, how="semi")
+            try:
+                return frame.unique(self.key, keep="first", maintain_order=True).collect()
+            except (FileNotFoundError, pl.exceptions.ComputeError):
+                if attempt == _READ_ATTEMPTS - 1 or all(p.exists() for p in parts):
+                    raise
+        return None
 
     def add(self, records: pl.DataFrame) -> None:
         """Store new records (one new part; compacted when there are many)."""
@@ -80,18 +92,27 @@ class ItemTable:
         tmp = part.with_name(f".{part.name}.tmp")
         records.write_parquet(tmp)
         tmp.replace(part)
-        parts = self.parts()
-        if len(parts) > MAX_PARTS:
-            self.compact(parts)
+        if len(self.parts()) > MAX_PARTS:
+            self.compact()
 
-    def compact(self, parts: list[Path]) -> None:
-        merged = pl.scan_parquet(parts).unique(self.key, keep="first").collect()
-        target = self.folder / f"part-{uuid.uuid4().hex}.parquet"
-        tmp = target.with_name(f".{target.name}.tmp")
-        merged.write_parquet(tmp)
-        tmp.replace(target)
-        for part in parts:
-            part.unlink(missing_ok=True)
+    def compact(self) -> None:
+        """Merge the parts into one. One job compacts at a time (a lock file); a job that finds
+        the lock taken leaves it to the other. Readers see the old parts or the merged one."""
+        with (self.folder / ".compact.lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            parts = self.parts()
+            if len(parts) < 2:
+                return
+            merged = pl.scan_parquet(parts).unique(self.key, keep="first").collect()
+            target = self.folder / f"part-{uuid.uuid4().hex}.parquet"
+            tmp = target.with_name(f".{target.name}.tmp")
+            merged.write_parquet(tmp)
+            tmp.replace(target)
+            for part in parts:
+                part.unlink(missing_ok=True)
         log.info("compacted %d parts of %s (%d records)", len(parts), self.folder, merged.height)
 
 

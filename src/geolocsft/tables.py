@@ -8,9 +8,10 @@ and coordinates are parsed leniently (bad values are reported by the caller, nam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -26,6 +27,9 @@ LON_COLUMN_CANDIDATES = ("lon", "lng", "long", "longitude", "gps_lon", "gps_long
 FILE_COLUMN_CANDIDATES = ("file", "path", "filepath", "file_path", "image_path", "filename")
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @dataclass(frozen=True)
 class ColumnMap:
     """Which table column holds what; ``None`` means detect from the usual names."""
@@ -36,10 +40,18 @@ class ColumnMap:
     file: str | None = None
 
 
+def name_suffix(name: str) -> str:
+    """The extension of the last part of a ``/`` path, as ``PurePosixPath(name).suffix``
+    (``""`` for ``.hidden`` or ``a.``), in string operations (millions of calls)."""
+    base = name.rpartition("/")[2]
+    dot = base.rfind(".")
+    return base[dot:] if 0 < dot < len(base) - 1 else ""
+
+
 def normalise_image_id(raw: str) -> str:
     """Strip surrounding blanks and a known image extension: ``a@N00.jpg`` → ``a@N00``."""
     text = raw.strip()
-    suffix = PurePosixPath(text).suffix.lower()
+    suffix = name_suffix(text).lower()
     return text[: -len(suffix)] if suffix in IMAGE_SUFFIXES else text
 
 
@@ -56,7 +68,7 @@ def unsafe_id_reason(image_id: str) -> str | None:
         return "the id contains a path separator and would escape the output folder"
     if image_id.startswith("."):
         return "the id starts with '.' (hidden file, or '..' escaping the output folder)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id):
+    if _CONTROL_CHARACTERS.search(image_id):
         return "the id contains control characters"
     if len(image_id.encode()) > 200:
         return "the id is longer than 200 bytes and cannot be a file name"
@@ -109,14 +121,45 @@ def resolve_columns(columns: Sequence[str], column_map: ColumnMap, table: str) -
     return found
 
 
-def read_metadata_table(path: Path) -> pl.DataFrame:
-    """Read a CSV/TSV/Parquet table with every column as text (values are validated later)."""
-    return read_text_table(path, "metadata table")
+#: How a user declares a table's encoding (appended to the error for a non-UTF-8 table).
+ENCODING_HINT = (
+    "declare its encoding with the dataset's `encoding` key in config (e.g. encoding: cp1252)"
+)
 
 
-def check_table_columns(path: Path, column_map: ColumnMap) -> ColumnMap:
-    """Check from the header alone that a table has usable id/lat/lon columns (parse time)."""
-    return resolve_columns(read_table_header(path, "metadata table"), column_map, str(path))
+def read_metadata_table(path: Path, encoding: str = "utf-8") -> pl.DataFrame:
+    """Read a CSV/TSV/Parquet table with every column as text (values are validated later).
+
+    A CSV/TSV is read as ``encoding``; text that is not valid there is an
+    :class:`InputTableError` naming the line and the likely encoding."""
+    return read_text_table(path, "metadata table", encoding, ENCODING_HINT)
+
+
+def check_table_columns(
+    path: Path, column_map: ColumnMap, encoding: str = "utf-8", required: Sequence[str] = ()
+) -> ColumnMap:
+    """Check from the header alone that a table has usable id/lat/lon columns, and the
+    ``required`` ones (parse time)."""
+    header = read_table_header(path, "metadata table", encoding, ENCODING_HINT)
+    for name in required:
+        if name not in header:
+            raise InputTableError(
+                f"{path}: no column {name!r} (ingest.split_by). The table's columns are: "
+                + ", ".join(header)
+            )
+    return resolve_columns(header, column_map, str(path))
+
+
+def coordinate_problem(name: str, text: str | None) -> str:
+    """Why the cell of coordinate column ``name`` gives no number: ``lat is empty``,
+    ``lat = 'abc' is not a number``, ``lat = 'NaN' is not a finite number``."""
+    if text is None or not text.strip():
+        return f"{name} is empty"
+    try:
+        float(text.strip())
+    except ValueError:
+        return f"{name} = {text!r} is not a number"
+    return f"{name} = {text!r} is not a finite number"
 
 
 def parse_coordinate(text: str | None) -> float | None:

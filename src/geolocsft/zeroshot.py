@@ -22,8 +22,9 @@ from typing import Any
 import polars as pl
 
 from geolocsft.answers import parse_answer
+from geolocsft.captions.documents import caption_items, find_caption_file, read_caption
 from geolocsft.captions.prompts import PLACEHOLDERS, PromptTemplate
-from geolocsft.captions.runner import caption_images, caption_items
+from geolocsft.captions.runner import caption_images
 from geolocsft.captions.stage import build_backend, runner_settings
 from geolocsft.captions.store import ResponseStore
 from geolocsft.errors import GeolocsftError
@@ -93,8 +94,15 @@ def predict_zero_shot(
     settings: dict[str, Any],
     answers_dir: Path,
     progress: bool = True,
+    memo_dir: Path | None = None,
+    failures_path: Path | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Ask the model for every target image; return the prediction table and the run summary."""
+    """Ask the model for every target image; return the prediction table and the run summary.
+
+    Answers go to ``answers_dir`` in the caption stage's sharded layout. An image left without
+    an answer by a failure that may pass is a row without coordinates here; the caller fails
+    the job afterwards (:func:`geolocsft.captions.stage.report_failures`).
+    """
     prompt = load_zero_shot_prompt(prompt_path)
     backend = build_backend(settings)
     store = ResponseStore(Path(settings["store"]))
@@ -108,18 +116,20 @@ def predict_zero_shot(
         runner_settings(settings),
         answers_dir,
         progress=progress,
+        memo_dir=memo_dir,
+        failures_path=failures_path,
     )
     status_of = dict(zip(index["image_id"], index["status"], strict=True))
     reason_of = dict(zip(index["image_id"], index["failure_reason"], strict=True))
     key_of = dict(zip(index["image_id"], index["store_key"], strict=True))
     rows = []
     for item in items:
-        document_path = answers_dir / f"{item.image_id}.json"
+        document_path = find_caption_file(answers_dir, item.image_id)
         lat: float | None = None
         lon: float | None = None
         raw: str | None = None
         if status_of.get(item.image_id) == "captioned" and document_path.exists():
-            caption = json.loads(document_path.read_text(encoding="utf-8"))["caption"]
+            caption = read_caption(document_path)["caption"]
             coordinates = caption["answer"]["coordinates"]
             lat, lon = float(coordinates["latitude"]), float(coordinates["longitude"])
             raw = json.dumps(caption, ensure_ascii=False, sort_keys=True)

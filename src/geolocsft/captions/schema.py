@@ -1,10 +1,17 @@
-"""The geo-caption, defined once as typed models (pydantic), versioned.
+"""The geo-caption, defined once as typed models (pydantic), in the GeoLocSFT paper's format.
 
-Structure after GeoLocSFT: ``thinking`` holds the expert's analysis at ~25 km scale (terrain,
-climate, regional development) and ~1 km scale (road engineering, vegetation), buildings,
-vehicles, terrain and soil, and the similar regions ruled out with reasons; ``answer`` holds the
-coordinates and the final confirmation. The same models give the JSON schema sent to the API
-(structured output) and validate every answer before it is written as a caption.
+The field names are the paper's own (those its captioning script asks Gemini for), so captions
+made with the paper's script can be imported (``geolocsft captions import``) and ours can be
+compared with theirs. ``thinking`` holds the expert's analysis at ~25 km scale (terrain, climate,
+regional development) and ~1 km scale (road engineering, vegetation), buildings and
+infrastructure, vehicles and traffic, terrain and soil, and the similar regions ruled out with
+reasons; ``answer`` holds the coordinates and the final confirmation. The same models give the
+JSON schema sent to the API (structured output) and validate every answer before it is written
+as a caption. Captions of the earlier schema (``geocaption-1``) are upgraded on reading
+(:mod:`geolocsft.captions.legacy`).
+
+Two of the paper's keys start with a digit (``25km_analysis``, ``1km_analysis``); their Python
+attributes are ``analysis_25km`` and ``analysis_1km``, and every dump uses the paper's names.
 """
 
 from __future__ import annotations
@@ -14,64 +21,93 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Bumped whenever the models below change shape; stored in every caption file.
-CAPTION_SCHEMA_VERSION = "geocaption-1"
+#: Bumped whenever the models below change shape; stored in every caption file and part of every
+#: response's store key. ``geocaption-1`` was this project's first format (see ``legacy``).
+CAPTION_SCHEMA_VERSION = "geocaption-2"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", validate_by_alias=True, validate_by_name=False, serialize_by_alias=True
+    )
 
 
 class RegionalAnalysis(_Strict):
-    """What the photo says at ~25 km scale."""
+    """What the photo says about its region (about 25 km around)."""
 
-    terrain: str = Field(description="Landforms, relief, water bodies visible or implied.")
-    climate: str = Field(description="Climate zone as shown by sky, vegetation, snow, dryness.")
+    terrain_characteristics: str = Field(
+        description="Landforms, relief, geology, water bodies within about 25 km."
+    )
+    climate_features: str = Field(
+        description="Climate zone, seasonal indicators, weather, as shown by sky and vegetation."
+    )
     regional_development: str = Field(
-        description="Settlement pattern, land use, economic development of the region."
+        description="Settlement pattern, land use, infrastructure networks, development."
     )
 
 
 class RoadEngineering(_Strict):
     """Road details at ~1 km scale."""
 
-    surface: str = Field(description="Asphalt, concrete, gravel, cobbles; condition.")
-    markings: str = Field(description="Centre and edge line colours and patterns.")
-    guardrails: str = Field(description="Barrier types and posts.")
-    lighting: str = Field(description="Street lamps and poles.")
-    drainage: str = Field(description="Kerbs, gutters, ditches.")
+    surface_materials: str = Field(description="Pavement type, texture, colour, wear, patching.")
+    line_markings: str = Field(description="Line width, colour, pattern, material, standard.")
+    guardrails: str = Field(description="Barrier design, material, height, posts.")
+    lighting: str = Field(description="Pole design, height, spacing, lamp type.")
+    drainage: str = Field(description="Kerbs, gutters, ditches, cross-section, climate adaptation.")
 
 
 class Vegetation(_Strict):
     """Plants at ~1 km scale."""
 
-    species: str = Field(description="Identifiable trees, crops, plants.")
-    undergrowth: str = Field(description="Ground cover and shrubs.")
-    management: str = Field(description="Mowing, hedges, plantations, wild growth.")
+    tree_species: str = Field(description="Identifiable trees (scientific names where possible).")
+    herbaceous_plants: str = Field(description="Undergrowth and ground cover; seasonal state.")
+    vegetation_management: str = Field(description="Pruning, mowing, planting patterns.")
 
 
 class LocalAnalysis(_Strict):
-    """What the photo says at ~1 km scale."""
+    """What the photo says about its surroundings (about 1 km around)."""
 
     road_engineering: RoadEngineering
     vegetation: Vegetation
 
 
+class BuildingsInfrastructure(_Strict):
+    """Buildings and public infrastructure."""
+
+    architectural_styles: str = Field(description="Building design, materials, roofs.")
+    municipal_facilities: str = Field(description="Public infrastructure, signage, furniture.")
+    transportation_facilities: str = Field(description="Transit stops, pedestrian facilities.")
+
+
+class VehiclesTraffic(_Strict):
+    """Vehicles and how traffic behaves."""
+
+    vehicle_types: str = Field(description="Common makes and models, plates, adaptations.")
+    traffic_patterns: str = Field(description="Driving side, conventions, traffic volume.")
+
+
+class TerrainSoil(_Strict):
+    """Terrain and soil close up."""
+
+    terrain_details: str = Field(description="Micro-topography, slopes, erosion.")
+    soil_characteristics: str = Field(description="Soil colour, texture, composition.")
+
+
 class EliminatedRegion(_Strict):
     """A similar-looking region and why it is ruled out."""
 
-    region: str
+    eliminated_region: str
     reasons: list[str]
 
 
 class Thinking(_Strict):
     """The reasoning that leads to the answer."""
 
-    regional_analysis_25km: RegionalAnalysis
-    local_analysis_1km: LocalAnalysis
-    buildings_and_infrastructure: str
-    vehicles_and_traffic: str
-    terrain_and_soil: str
+    analysis_25km: RegionalAnalysis = Field(alias="25km_analysis")
+    analysis_1km: LocalAnalysis = Field(alias="1km_analysis")
+    buildings_infrastructure: BuildingsInfrastructure
+    vehicles_traffic: VehiclesTraffic
+    terrain_soil: TerrainSoil
     elimination_similar_regions: list[EliminatedRegion]
 
 
@@ -112,9 +148,14 @@ class ModelGeoCaption(_Strict):
     answer: Answer
 
 
+def caption_json(caption: GeoCaption) -> dict[str, Any]:
+    """The caption as JSON data, in the paper's field names and order."""
+    return caption.model_dump(mode="json", by_alias=True)
+
+
 def response_json_schema() -> dict[str, Any]:
     """The JSON schema of a model's answer, inlined (no ``$ref``) for structured-output APIs."""
-    schema = ModelGeoCaption.model_json_schema()
+    schema = ModelGeoCaption.model_json_schema(by_alias=True)
     definitions = schema.pop("$defs", {})
 
     def inline(node: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -10,19 +11,19 @@ from typing import Any
 
 import polars as pl
 
-from geolocsft.captions.backends import (
-    GEMINI_KEY_VARIABLES,
-    Backend,
-    GeminiBackend,
-    GenerationParams,
-    MetadataBackend,
-    OpenAICompatibleBackend,
-)
+from geolocsft.captions.backends import Backend, GenerationParams, MetadataBackend
+from geolocsft.captions.documents import items_from_manifest
+from geolocsft.captions.gemini import GEMINI_KEY_VARIABLES, GeminiBackend, gemini_identity
+from geolocsft.captions.openai_compat import OpenAICompatibleBackend, openai_identity
+from geolocsft.captions.outcomes import permanent_warning, unresolved_message
 from geolocsft.captions.prompts import PromptTemplate
-from geolocsft.captions.runner import RunnerSettings, caption_images, items_from_manifest
+from geolocsft.captions.requests import RunnerSettings
+from geolocsft.captions.runner import caption_images
 from geolocsft.captions.store import ResponseStore
 from geolocsft.errors import GeolocsftError
 from geolocsft.settings import from_config, with_defaults
+
+log = logging.getLogger(__name__)
 
 
 def captioner_name(config: dict[str, Any]) -> str:
@@ -44,6 +45,20 @@ def generation_params(config: dict[str, Any]) -> GenerationParams:
 
 def runner_settings(config: dict[str, Any]) -> RunnerSettings:
     return from_config(RunnerSettings, config, "captions")
+
+
+def backend_identity(config: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """Backend name, model and identity parameters of ``captions`` (what a store key holds),
+    without building a client (no key needed)."""
+    config = with_defaults("captions", config)
+    params = generation_params(config)
+    backend = config["backend"]
+    if backend == "gemini":
+        return backend, config["model"], gemini_identity(params, config["gemini"]["mode"])
+    if backend == "openai":
+        identity = openai_identity(params, config["openai"]["json_schema"])
+        return backend, config["model"], identity
+    return MetadataBackend.name, MetadataBackend.model, MetadataBackend().identity_params()
 
 
 def build_backend(config: dict[str, Any]) -> Backend:
@@ -76,6 +91,17 @@ def build_backend(config: dict[str, Any]) -> Backend:
     raise GeolocsftError(f"unknown captions.backend {backend!r}")
 
 
+def report_failures(summary: dict[str, Any], failures_path: Path | None) -> None:
+    """Warn about permanent failures; fail (after everything is written) when images are left
+    without a caption by failures that may pass."""
+    warning = permanent_warning(summary, failures_path)
+    if warning:
+        log.warning("%s", warning)
+    error = unresolved_message(summary, failures_path)
+    if error:
+        raise GeolocsftError(error)
+
+
 def run_stage(
     manifest_path: Path,
     prompt_path: Path,
@@ -84,8 +110,14 @@ def run_stage(
     index_path: Path,
     summary_path: Path,
     progress: bool = True,
+    memo_dir: Path | None = None,
+    failures_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Caption the configured splits of a manifest; write captions, index and summary."""
+    """Caption the configured splits of a manifest; write captions, index and summary.
+
+    Raises :class:`GeolocsftError` after writing them when images remain without a caption
+    because of failures that may pass (a plain rerun asks again for exactly those).
+    """
     manifest = pl.read_parquet(manifest_path)
     items = items_from_manifest(manifest, config["splits"])
     prompt = PromptTemplate.load(prompt_path)
@@ -98,8 +130,11 @@ def run_stage(
         runner_settings(config),
         captions_dir,
         progress=progress,
+        memo_dir=memo_dir,
+        failures_path=failures_path,
     )
     index_path.parent.mkdir(parents=True, exist_ok=True)
     index.write_csv(index_path)
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    report_failures(summary, failures_path)
     return summary

@@ -4,11 +4,26 @@ Layout of ``results/sft/<name>/``::
 
     <name>.json          [{"conversations": [{"role": "user", "content": "<image>..."},
                                              {"role": "assistant", "content": "{...}"}],
-                           "images": ["media/<image_id>.jpg"]}, ...]
+                           "images": ["media/<shard>/<image_id>.jpg"]}, ...]
     <name>_val.json      the validation samples (only with a validation fraction > 0)
     dataset_info.json    LLaMA-Factory's registry: formatting sharegpt, columns, tags
-    media/               every image as 8-bit RGB JPEG, upright, resized to the configured size
+    media/<shard>/       every image as 8-bit RGB JPEG, upright, resized to the configured size
+                         (geolocsft.images: the same preparation prediction applies)
+    media_sha256.parquet every media file's path (relative to the dataset folder) and sha256
     stats.json           samples, skipped images by reason, target lengths
+
+Only the manifest's **train** split is used, minus the ids in ``excluded_ids`` (training images
+that are eval images: :mod:`geolocsft.leakage`, skipped as ``in_an_eval_set``). In the ``full``
+and ``answer`` targets the answer's coordinates are the image's true coordinates from the
+manifest (the captioning model's own answer, which may be off by up to the caption stage's flag
+distance, stays in the caption file); the reasoning and the rest of the answer are the caption's.
+
+Media files are per-item memoized (:mod:`geolocsft.memo`): each prepared JPEG is kept in the
+memo's blob store under its sha256, keyed by the source image's sha256 and versioned by the
+preparation settings and the image code, and hard-linked into ``media/``. Adding 100 images to
+100,000 prepares only the 100; a reused file is byte-identical to a freshly prepared one. With
+``scale_out.parts > 1`` the preparation runs as part jobs (:func:`prepare_media` on the images
+of one part) and the dataset job only links what they stored.
 
 Image paths are relative to the dataset folder, which LLaMA-Factory uses as ``dataset_dir``
 (and ``media_dir``). The build is deterministic: the same captions and images give the same
@@ -21,24 +36,36 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from geolocsft.captions.documents import find_caption_file, read_caption
+from geolocsft.captions.schema import GeoCaption
+from geolocsft.codegraph import module_code_version
 from geolocsft.errors import GeolocsftError
 from geolocsft.images import ImagePreparation, prepared_jpeg
-from geolocsft.io import atomic_write_bytes, atomic_write_json
+from geolocsft.io import atomic_write_json
+from geolocsft.layout import item_relpath, part_of
+from geolocsft.memo import BlobStore, ItemTable, memo_version
 from geolocsft.splits import in_fraction
 
 log = logging.getLogger(__name__)
 
 Target = Literal["full", "answer", "coordinates"]
 IMAGE_TOKEN = "<image>"
+MEDIA_DIR = "media"
+MEDIA_INDEX = "media_sha256.parquet"
+MEDIA_SCHEMA = {"image_id": pl.String, "media_sha256": pl.String}
+#: Decimals of the answer's true coordinates in a sample (1e-6 degrees is about 0.1 m).
+COORDINATE_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -57,26 +84,52 @@ class DatasetSettings:
     split_salt: str
 
 
-def assistant_text(caption_document: dict[str, Any], target: Target) -> str:
-    """The assistant turn: the caption (``full``), its answer, or only the coordinates."""
-    caption = caption_document["caption"]
+@dataclass(frozen=True)
+class SourceImage:
+    """A training image of the dataset: where it is and what it shows."""
+
+    image_id: str
+    path: Path
+    sha256: str
+    lat: float
+    lon: float
+
+
+def answer_format(target: Target) -> Literal["caption", "coordinates"]:
+    """How a run trained on ``target`` answers (see :func:`geolocsft.answers.parse_answer`)."""
+    return "coordinates" if target == "coordinates" else "caption"
+
+
+def read_geocaption(path: Path) -> GeoCaption:
+    """The geo-caption of a caption file (earlier schemas upgraded), validated by the schema."""
+    try:
+        return GeoCaption.model_validate(read_caption(path)["caption"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise GeolocsftError(f"{path}: not a readable geo-caption file ({exc})") from None
+
+
+def assistant_text(caption: GeoCaption, target: Target, lat: float, lon: float, where: str) -> str:
+    """The assistant turn: the caption (``full``), its answer, or only the coordinates; the
+    answer's coordinates are the true ones (``lat``, ``lon``), to 6 decimals (about 0.1 m: the
+    digits beyond are float noise of the source, e.g. EXIF degrees-minutes-seconds, that a model
+    would have to learn to write)."""
+    lat, lon = round(lat, COORDINATE_DECIMALS), round(lon, COORDINATE_DECIMALS)
+    truth = caption.answer.coordinates.model_copy(update={"latitude": lat, "longitude": lon})
+    answer = caption.answer.model_copy(update={"coordinates": truth})
     if target == "full":
-        if caption.get("thinking") is None:
+        if caption.thinking is None:
             raise GeolocsftError(
-                f"{caption_document['image_id']}: the caption has no reasoning (answer-only "
-                "'metadata' backend): use target 'answer' or 'coordinates' for this dataset"
+                f"{where}: the caption has no reasoning (answer-only 'metadata' backend): use "
+                "target 'answer' or 'coordinates' for this dataset"
             )
-        value: dict[str, Any] = {"thinking": caption["thinking"], "answer": caption["answer"]}
+        value = caption.model_copy(update={"answer": answer}).model_dump(mode="json", by_alias=True)
     elif target == "answer":
-        value = {"answer": caption["answer"]}
+        value = caption.model_copy(update={"answer": answer}).model_dump(
+            mode="json", by_alias=True, include={"answer"}
+        )
     else:
-        coordinates = caption["answer"]["coordinates"]
-        value = {"latitude": coordinates["latitude"], "longitude": coordinates["longitude"]}
+        value = {"latitude": lat, "longitude": lon}
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-
-
-def media_name(image_id: str) -> str:
-    return f"{image_id}.jpg"
 
 
 def image_preparation(settings: DatasetSettings) -> ImagePreparation:
@@ -88,9 +141,9 @@ def image_preparation(settings: DatasetSettings) -> ImagePreparation:
     )
 
 
-def write_media_image(source: Path, destination: Path, settings: DatasetSettings) -> None:
-    """The image as the model will see it: upright 8-bit RGB JPEG within the size limits."""
-    atomic_write_bytes(destination, prepared_jpeg(source, image_preparation(settings)), fsync=False)
+def media_relpath(image_id: str) -> str:
+    """A media file's path relative to the dataset folder (as the dataset JSON holds it)."""
+    return f"{MEDIA_DIR}/{item_relpath(image_id, '.jpg')}"
 
 
 def dataset_info(name: str, with_validation: bool) -> dict[str, Any]:
@@ -115,6 +168,114 @@ def dataset_info(name: str, with_validation: bool) -> dict[str, Any]:
     return info
 
 
+@dataclass
+class Selection:
+    """The images a dataset is made of, and those left out with the reason."""
+
+    images: list[SourceImage]
+    skipped: Counter[str] = field(default_factory=Counter)
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, image_id: str) -> None:
+        self.skipped[reason] += 1
+        examples = self.skipped_examples.setdefault(reason, [])
+        if len(examples) < 10:
+            examples.append(image_id)
+
+
+def select_images(
+    manifest: pl.DataFrame,
+    caption_index: pl.DataFrame,
+    settings: DatasetSettings,
+    excluded_ids: Collection[str] = frozenset(),
+) -> Selection:
+    """The train-split images with a usable caption, sorted by id (``excluded_ids`` left out)."""
+    train = manifest.filter(pl.col("split") == "train")
+    rows = {r["image_id"]: r for r in train.iter_rows(named=True)}
+    selection = Selection(images=[])
+    for row in caption_index.sort("image_id").iter_rows(named=True):
+        image_id = row["image_id"]
+        if image_id in excluded_ids:
+            selection.skip("in_an_eval_set", image_id)
+        elif row["status"] != "captioned":
+            selection.skip(f"caption_{row['failure_reason'] or 'failed'}", image_id)
+        elif row["flagged"] and not settings.include_flagged:
+            selection.skip("flagged_caption", image_id)
+        elif image_id not in rows:
+            selection.skip("not_in_train_split", image_id)
+        else:
+            m = rows[image_id]
+            selection.images.append(
+                SourceImage(image_id, Path(m["path"]), m["sha256"], m["lat"], m["lon"])
+            )
+    return selection
+
+
+def media_memo_version(settings: DatasetSettings) -> str:
+    """Version of the memoized media: the preparation and the image code."""
+    return memo_version(asdict(image_preparation(settings)), module_code_version("images"))
+
+
+def prepare_media(
+    images: Sequence[SourceImage],
+    settings: DatasetSettings,
+    memo_dir: Path,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, int]:
+    """The prepared JPEG of every image, in the memo: ``(image_id, media_sha256)`` per image
+    and how many were prepared now (the others were in the memo already)."""
+    table = ItemTable(memo_dir, "sft_media", media_memo_version(settings))
+    blobs = BlobStore(memo_dir)
+    keys = sorted({image.sha256 for image in images})
+    stored = table.load(keys)
+    known: dict[str, str] = {}
+    if stored is not None:
+        known = {k: v for k, v in zip(stored["key"], stored["media_sha256"], strict=True)}
+        known = {k: v for k, v in known.items() if blobs.has(v)}
+    todo: dict[str, SourceImage] = {}
+    for image in images:
+        if image.sha256 not in known:
+            todo.setdefault(image.sha256, image)
+    preparation = image_preparation(settings)
+
+    def prepare(image: SourceImage) -> str:
+        return blobs.put(prepared_jpeg(image.path, preparation))
+
+    if todo:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            jobs = {key: pool.submit(prepare, image) for key, image in todo.items()}
+            made = {}
+            for key, job in tqdm(
+                jobs.items(),
+                desc="dataset images",
+                unit="img",
+                mininterval=2.0,
+                disable=not progress or None,
+            ):
+                made[key] = job.result()
+        table.add(
+            pl.DataFrame(
+                {"key": list(made), "media_sha256": list(made.values())},
+                schema={"key": pl.String, "media_sha256": pl.String},
+            )
+        )
+        known |= made
+    frame = pl.DataFrame(
+        {
+            "image_id": [image.image_id for image in images],
+            "media_sha256": [known[image.sha256] for image in images],
+        },
+        schema=MEDIA_SCHEMA,
+    )
+    log.info("dataset media: %d prepared, %d from the memo", len(todo), len(images) - len(todo))
+    return frame, len(todo)
+
+
+def images_of_part(images: Sequence[SourceImage], part: int, parts: int) -> list[SourceImage]:
+    """The images of one part of a split media preparation (by a hash of the image id)."""
+    return [image for image in images if part_of(image.image_id, parts) == part]
+
+
 def build_dataset(
     manifest: pl.DataFrame,
     caption_index: pl.DataFrame,
@@ -122,65 +283,43 @@ def build_dataset(
     instruction: str,
     settings: DatasetSettings,
     out_dir: Path,
+    *,
+    memo_dir: Path,
     excluded_ids: frozenset[str] = frozenset(),
+    prepared: pl.DataFrame | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write the dataset files into ``out_dir``; return the statistics (also in stats.json).
 
-    ``excluded_ids``: training images that are eval images (see :mod:`geolocsft.leakage`);
-    they are skipped as ``in_an_eval_set``."""
-    skipped: Counter[str] = Counter()
-    skipped_examples: dict[str, list[str]] = {}
-
-    def skip(reason: str, image_id: str) -> None:
-        skipped[reason] += 1
-        skipped_examples.setdefault(reason, [])
-        if len(skipped_examples[reason]) < 10:
-            skipped_examples[reason].append(image_id)
-
-    paths = dict(zip(manifest["image_id"], manifest["path"], strict=True))
-    samples: list[tuple[str, dict[str, Any], bool]] = []
-    for row in caption_index.sort("image_id").iter_rows(named=True):
-        image_id = row["image_id"]
-        if row["status"] != "captioned":
-            skip(f"caption_{row['failure_reason'] or 'failed'}", image_id)
-            continue
-        if row["flagged"] and not settings.include_flagged:
-            skip("flagged_caption", image_id)
-            continue
-        if image_id not in paths:
-            skip("not_in_manifest", image_id)
-            continue
-        if image_id in excluded_ids:
-            skip("in_an_eval_set", image_id)
-            continue
-        document = json.loads((captions_dir / f"{image_id}.json").read_text(encoding="utf-8"))
+    ``prepared``: the ``(image_id, media_sha256)`` tables of the part jobs, when the media were
+    prepared by them (``scale_out.parts > 1``); otherwise they are prepared here.
+    """
+    selection = select_images(manifest, caption_index, settings, excluded_ids)
+    if not selection.images:
+        raise GeolocsftError(
+            f"sft dataset {settings.name}: no usable caption (skipped: {dict(selection.skipped)})"
+        )
+    samples: list[tuple[SourceImage, dict[str, Any], bool]] = []
+    for image in selection.images:
+        path = find_caption_file(captions_dir, image.image_id)
+        caption = read_geocaption(path)
+        text = assistant_text(caption, settings.target, image.lat, image.lon, str(path))
         sample = {
             "conversations": [
                 {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"},
-                {"role": "assistant", "content": assistant_text(document, settings.target)},
+                {"role": "assistant", "content": text},
             ],
-            "images": [f"media/{media_name(image_id)}"],
+            "images": [media_relpath(image.image_id)],
         }
-        held_out = in_fraction(image_id, settings.validation_fraction, settings.split_salt)
-        samples.append((image_id, sample, held_out))
-    if not samples:
-        raise GeolocsftError(
-            f"sft dataset {settings.name}: no usable caption (skipped: {dict(skipped)})"
-        )
+        held_out = in_fraction(image.image_id, settings.validation_fraction, settings.split_salt)
+        samples.append((image, sample, held_out))
 
-    media_dir = out_dir / "media"
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        jobs = [
-            pool.submit(
-                write_media_image,
-                Path(paths[image_id]),
-                media_dir / media_name(image_id),
-                settings,
-            )
-            for image_id, _, _ in samples
-        ]
-        for job in tqdm(jobs, desc="dataset images", unit="img", mininterval=2.0, disable=None):
-            job.result()
+    if prepared is None:
+        prepared, _ = prepare_media(selection.images, settings, memo_dir, progress)
+    media = _media_of(selection.images, prepared, settings.name)
+    blobs = BlobStore(memo_dir)
+    for image in selection.images:
+        blobs.link(media[image.image_id], out_dir / media_relpath(image.image_id))
 
     train = [s for _, s, v in samples if not v]
     validation = [s for _, s, v in samples if v]
@@ -192,6 +331,13 @@ def build_dataset(
     _write_json(
         out_dir / "dataset_info.json", dataset_info(settings.name, settings.validation_fraction > 0)
     )
+    pl.DataFrame(
+        {
+            "path": [media_relpath(image.image_id) for image in selection.images],
+            "sha256": [media[image.image_id] for image in selection.images],
+        },
+        schema={"path": pl.String, "sha256": pl.String},
+    ).write_parquet(out_dir / MEDIA_INDEX)
     lengths = np.array([len(s["conversations"][1]["content"]) for _, s, _ in samples])
     stats = {
         "dataset": settings.name,
@@ -199,8 +345,8 @@ def build_dataset(
         "samples": len(samples),
         "train": len(train),
         "validation": len(validation),
-        "skipped": dict(skipped.most_common()),
-        "skipped_examples": skipped_examples,
+        "skipped": dict(selection.skipped.most_common()),
+        "skipped_examples": selection.skipped_examples,
         "target_chars": {
             "min": int(lengths.min()),
             "median": float(np.median(lengths)),
@@ -211,6 +357,17 @@ def build_dataset(
     _write_json(out_dir / "stats.json", stats)
     log.info("sft dataset %s: %s", settings.name, json.dumps(stats, sort_keys=True))
     return stats
+
+
+def _media_of(images: Sequence[SourceImage], prepared: pl.DataFrame, name: str) -> dict[str, str]:
+    media = dict(zip(prepared["image_id"], prepared["media_sha256"], strict=True))
+    missing = [image.image_id for image in images if image.image_id not in media]
+    if missing:
+        raise GeolocsftError(
+            f"sft dataset {name}: the media preparation parts hold no file for "
+            f"{len(missing)} image(s), e.g. {missing[:5]} (rerun the sft_media parts)"
+        )
+    return media
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from geolocsft.hub.acquire import RetryPolicy, fetch_repo, link_files
+from geolocsft.hub.fetch import fetch_repo, link_files
+from geolocsft.hub.retry import RetryPolicy
 from geolocsft.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def download_model(
 
     The files go to the persistent cache ``<cache_dir>/models/<owner>--<name>/`` first (outside
     ``results/``, so a killed or failed job keeps what it received and the next run resumes it
-    with Range requests, see :func:`geolocsft.hub.acquire.fetch_repo`), then are hard-linked
+    with Range requests, see :func:`geolocsft.hub.fetch.fetch_repo`), then are hard-linked
     (copied across file systems) into ``out_dir``. ``HF_ENDPOINT`` (a mirror) and ``HF_TOKEN``
     are honoured. ``out_dir/geolocsft_source.json`` records the repo, the requested revision,
     the commit and every file with its sha256.

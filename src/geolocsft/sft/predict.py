@@ -3,8 +3,9 @@
 Backends (``sft.runs.<run>.predict.backend``):
 
 ``transformers``
-    The base model plus the LoRA adapter with Hugging Face transformers, one image at a time, on
-    the GPU when torch sees one, else on the CPU.
+    The base model plus the LoRA adapter with Hugging Face transformers (or, for a run with
+    ``finetuning_type: full``, the fine-tuned model itself: its ``adapter/`` folder holds a whole
+    model), one image at a time, on the GPU when torch sees one, else on the CPU.
 ``vllm``
     The base model with the LoRA adapter applied per request by vLLM, images sent in batches
     (GPU only: on a machine where torch sees no CUDA device it stops with a clear message, and
@@ -13,10 +14,12 @@ Backends (``sft.runs.<run>.predict.backend``):
 
 Both backends build the prompt the same way: the model's processor's chat template over one user
 turn (the image, then the instruction), with the photo prepared exactly as for training
-(:func:`geolocsft.images.model_input_image`). Each answer is parsed by
-:func:`geolocsft.answers.parse_answer`; a row keeps the raw answer and the parse status, and an
-unparseable answer is a row with empty coordinates (the evaluator counts it as a miss), never a
-dropped row. With ``samples > 1`` the
+(:func:`geolocsft.images.model_input_image`), and stop at the model's own end-of-turn tokens
+(its generation config's ``eos_token_id``, :func:`geolocsft.sft.models.stop_token_ids`). Each
+answer is parsed by :func:`geolocsft.answers.parse_answer` in the format the run was trained to
+write (``answer.coordinates`` of a geo-caption, or the coordinates object); a row keeps the raw
+answer and the parse status, and an unparseable answer is a row with empty coordinates (the
+evaluator counts it as a miss), never a dropped row. With ``samples > 1`` the
 model answers k times (sampling) and the prediction is the geodesic medoid of the parseable
 answers.
 """
@@ -36,12 +39,14 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from geolocsft.answers import parse_answer
+from geolocsft.answers import AnswerFormat, parse_answer
 from geolocsft.errors import GeolocsftError
 from geolocsft.geo import geodesic_medoid_index
 from geolocsft.images import ImagePreparation, model_input_image
 from geolocsft.predictions import PREDICTION_SCHEMA
 from geolocsft.settings import from_config, with_defaults
+from geolocsft.sft.dataset import answer_format
+from geolocsft.sft.model_family import stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ class PredictSettings:
     image_max_pixels: int = field(metadata={"key": None})
     #: The run's training seed.
     seed: int = field(metadata={"key": None})
+    #: What the run was trained to write (from its dataset's target).
+    answer_format: AnswerFormat = field(metadata={"key": None})
     max_new_tokens: int
     samples: int
     temperature: float
@@ -104,6 +111,7 @@ def predict_settings(
         preparation=preparation,
         image_max_pixels=run["image_max_pixels"],
         seed=run["seed"],
+        answer_format=answer_format(dataset["target"]),
     )
 
 
@@ -140,9 +148,11 @@ def chat_prompt(processor: Any, instruction: str) -> str:
     return text
 
 
-def aggregate(answers: Sequence[str]) -> tuple[float | None, float | None, str, int]:
+def aggregate(
+    answers: Sequence[str], expect: AnswerFormat = "any"
+) -> tuple[float | None, float | None, str, int]:
     """One prediction from k answers: the geodesic medoid of those that parse."""
-    parsed = [parse_answer(a) for a in answers]
+    parsed = [parse_answer(a, expect) for a in answers]
     usable = [p for p in parsed if p.lat is not None and p.lon is not None]
     if not usable:
         return None, None, "unparseable", 0
@@ -220,16 +230,24 @@ def vllm_lora_rank(rank: int) -> int:
     )
 
 
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """End-of-turn tokens: ``<|im_end|>`` (chatml) and the tokenizer's own EOS, where known."""
-    ids: list[int] = []
-    for token in ("<|im_end|>", tokenizer.eos_token):
-        if token is None or token not in tokenizer.get_vocab():
-            continue
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id not in ids:
-            ids.append(token_id)
-    return ids
+def trained_model(base_model: Path, adapter: Path | None) -> tuple[Path, Path | None]:
+    """The model to load and the LoRA adapter to apply: ``(base, adapter)`` for a LoRA run,
+    ``(adapter, None)`` when the run's output folder holds a whole model (full fine-tuning)."""
+    if adapter is None or (adapter / "adapter_config.json").is_file():
+        return base_model, adapter
+    if (adapter / "config.json").is_file():
+        return adapter, None
+    raise GeolocsftError(
+        f"{adapter}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)"
+    )
+
+
+def processor_dir(model: Path, base_model: Path) -> Path:
+    """Where the processor is: the fine-tuned model's folder when it holds one, else the base."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (model / name).is_file():
+            return model
+    return base_model
 
 
 class Predictor(Protocol):
@@ -237,6 +255,8 @@ class Predictor(Protocol):
 
     #: Images per call of :meth:`answers_batch`.
     batch_size: int
+    #: What the model was trained to write (how its answers are parsed).
+    answer_format: AnswerFormat
 
     def answers_batch(self, image_paths: Sequence[Path]) -> list[list[str]]:
         """The raw answers (``samples`` of them) for each image, in the order given."""
@@ -254,17 +274,19 @@ class TransformersPredictor:
 
         self.torch = torch
         self.settings = settings
+        self.answer_format = settings.answer_format
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.processor = AutoProcessor.from_pretrained(base_model)
-        model: Any = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
-        if adapter is not None:
+        model_path, lora = trained_model(base_model, adapter)
+        self.processor = AutoProcessor.from_pretrained(processor_dir(model_path, base_model))
+        model: Any = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+        if lora is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter)
+            model = PeftModel.from_pretrained(model, lora)
         self.model = model.to(self.device).eval()
         tokenizer = self.processor.tokenizer
-        self.stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self.stop_ids = stop_token_ids(model_path, tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self.prompt = chat_prompt(self.processor, settings.instruction)
 
@@ -317,11 +339,13 @@ class VLLMPredictor:
         from transformers import AutoProcessor
 
         self.settings = settings
+        self.answer_format = settings.answer_format
         self.batch_size = engine.batch_size
-        self.processor = AutoProcessor.from_pretrained(base_model)
+        model_path, lora = trained_model(base_model, adapter)
+        self.processor = AutoProcessor.from_pretrained(processor_dir(model_path, base_model))
         self.prompt = chat_prompt(self.processor, settings.instruction)
         options: dict[str, Any] = {
-            "model": str(base_model),
+            "model": str(model_path),
             "limit_mm_per_prompt": {"image": 1},
             "max_model_len": engine.max_model_len,
             "tensor_parallel_size": engine.tensor_parallel_size,
@@ -329,15 +353,15 @@ class VLLMPredictor:
             "seed": settings.seed,
         }
         self.lora_request: Any = None
-        if adapter is not None:
+        if lora is not None:
             from vllm.lora.request import LoRARequest
 
             options |= {
                 "enable_lora": True,
-                "max_lora_rank": vllm_lora_rank(adapter_rank(adapter)),
+                "max_lora_rank": vllm_lora_rank(adapter_rank(lora)),
                 "max_loras": 1,
             }
-            self.lora_request = LoRARequest("adapter", 1, str(adapter))
+            self.lora_request = LoRARequest("adapter", 1, str(lora))
         options |= engine.extra
         log.info("vllm engine options: %s", options)
         self.llm = vllm.LLM(**options)
@@ -347,7 +371,7 @@ class VLLMPredictor:
             temperature=settings.temperature if sampling else 0.0,
             max_tokens=settings.max_new_tokens,
             seed=settings.seed,
-            stop_token_ids=stop_token_ids(self.processor.tokenizer),
+            stop_token_ids=stop_token_ids(model_path, self.processor.tokenizer),
             skip_special_tokens=True,
         )
 
@@ -392,7 +416,7 @@ def predict(predictor: Predictor, targets: pl.DataFrame, progress: bool = True) 
                     f"the predictor answered {len(batch_answers)} of {batch.height} images"
                 )
             for row, answers in zip(batch.iter_rows(named=True), batch_answers, strict=True):
-                lat, lon, status, parsed = aggregate(answers)
+                lat, lon, status, parsed = aggregate(answers, predictor.answer_format)
                 rows.append(
                     {
                         "image_id": row["image_id"],

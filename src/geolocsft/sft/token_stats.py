@@ -11,10 +11,17 @@ turn and its end-of-turn tokens) are tokenized separately.
 LLaMA-Factory cuts a sample longer than ``cutoff_len``: the end of the answer, or of the prompt,
 and a cut through the image tokens makes training fail. :func:`summarize` reports the length
 distribution and warns (or, with ``on_truncation: fail``, stops) naming the samples over the cut.
+
+The counts are per-item memoized (:mod:`geolocsft.memo`): an :class:`~geolocsft.memo.ItemTable`
+keyed by the sample's content and its media files' sha256, versioned by the processor's files,
+``image_max_pixels``/``image_min_pixels`` and this module's code, so a dataset that grew by 100
+samples tokenizes only those 100 (and ``scale_out.parts > 1`` splits them over part jobs). The
+counts do not depend on ``cutoff_len``; :func:`summarize` applies it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -25,9 +32,13 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
+from geolocsft.codegraph import module_code_version
 from geolocsft.errors import GeolocsftError
 from geolocsft.images import IMAGE_MIN_PIXELS, load_for_model
-from geolocsft.sft.dataset import IMAGE_TOKEN
+from geolocsft.io import canonical_json, file_sha256
+from geolocsft.layout import part_of
+from geolocsft.memo import ItemTable, memo_version
+from geolocsft.sft.dataset import IMAGE_TOKEN, MEDIA_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,9 @@ LENGTH_SCHEMA = {
 }
 #: Samples named in the log line and the error message (the JSON report lists them all).
 WORST_NAMED = 10
+COUNT_COLUMNS = [c for c in LENGTH_SCHEMA if c not in ("index", "sample_id")]
+#: Files of a model folder that are weights, not processor/tokenizer/config files.
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack"})
 
 
 def sample_id(sample: dict[str, Any], index: int) -> str:
@@ -145,6 +159,50 @@ def sample_lengths(
     }
 
 
+def processor_files_sha256(model_dir: Path) -> str:
+    """One sha256 over a model folder's processor, tokenizer and config files (no weights):
+    what the token counts depend on."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        if path.suffix in WEIGHT_SUFFIXES or path.name.startswith("geolocsft_"):
+            continue
+        relative = path.relative_to(model_dir).as_posix()
+        digest.update(f"{relative}\0{file_sha256(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def counts_memo_version(model_dir: Path, image_max_pixels: int, image_min_pixels: int) -> str:
+    """Version of memoized token counts: the processor's files, the image resize, the code."""
+    return memo_version(
+        processor_files_sha256(model_dir),
+        image_max_pixels,
+        image_min_pixels,
+        module_code_version("sft.token_stats"),
+    )
+
+
+def media_hashes(dataset_dir: Path, samples: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """sha256 of every media file the samples use: from the dataset's media index (written by
+    sft_dataset), hashed here for files it does not list."""
+    index = Path(dataset_dir) / MEDIA_INDEX
+    known: dict[str, str] = {}
+    if index.is_file():
+        table = pl.read_parquet(index)
+        known = dict(zip(table["path"], table["sha256"], strict=True))
+    for sample in samples:
+        for image in sample.get("images") or []:
+            path = Path(dataset_dir) / image
+            if image not in known and path.is_file():
+                known[image] = file_sha256(path)
+    return known
+
+
+def sample_key(sample: dict[str, Any], hashes: dict[str, str]) -> str:
+    """Memo key of a sample's counts: its content and its images' bytes."""
+    images = [hashes.get(image, f"missing:{image}") for image in sample.get("images") or []]
+    return hashlib.sha256(canonical_json([sample, images]).encode()).hexdigest()
+
+
 def token_lengths(
     dataset_json: Path,
     media_dir: Path,
@@ -152,37 +210,72 @@ def token_lengths(
     image_max_pixels: int,
     image_min_pixels: int = IMAGE_MIN_PIXELS,
     progress: bool = True,
+    *,
+    memo_dir: Path | None = None,
+    part: tuple[int, int] | None = None,
 ) -> pl.DataFrame:
     """One row per sample of ``dataset_json``: index, id, image/prompt/target/total tokens.
 
     ``media_dir`` is the folder the samples' image paths are relative to (LLaMA-Factory's
-    ``media_dir``: the dataset folder).
+    ``media_dir``: the dataset folder). With ``memo_dir`` the counts of samples seen before come
+    from the memo and new ones are stored there; ``part=(i, n)`` counts only the samples of part
+    ``i`` of ``n`` (by a hash of the sample id).
     """
-    from transformers import AutoProcessor
-
     try:
         samples = json.loads(Path(dataset_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise GeolocsftError(f"{dataset_json}: not a readable dataset JSON ({exc})") from None
     if not isinstance(samples, list):
         raise GeolocsftError(f"{dataset_json}: expected a list of ShareGPT samples")
-    processor = AutoProcessor.from_pretrained(model_dir)
-    rows = []
-    for index, sample in enumerate(
-        tqdm(
-            samples,
+    chosen = [
+        (index, sample_id(sample, index), sample)
+        for index, sample in enumerate(samples)
+        if part is None or part_of(sample_id(sample, index), part[1]) == part[0]
+    ]
+    hashes = media_hashes(Path(media_dir), [sample for _, _, sample in chosen])
+    keys = [sample_key(sample, hashes) for _, _, sample in chosen]
+    table = None
+    stored: dict[str, dict[str, Any]] = {}
+    if memo_dir is not None:
+        version = counts_memo_version(Path(model_dir), image_max_pixels, image_min_pixels)
+        table = ItemTable(Path(memo_dir), "sft_token_counts", version)
+        found = table.load(keys)
+        if found is not None:
+            stored = {row["key"]: row for row in found.iter_rows(named=True)}
+    todo = [(i, k) for i, k in enumerate(keys) if k not in stored]
+    if todo:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(model_dir)
+        new_rows = []
+        for position, key in tqdm(
+            todo,
             desc="token lengths",
             unit="sample",
             disable=not progress or None,
             mininterval=2.0,
-        )
-    ):
-        name = sample_id(sample, index)
-        where = f"{dataset_json} sample {index} ({name})"
-        lengths = sample_lengths(
-            processor, sample, Path(media_dir), image_max_pixels, image_min_pixels, where
-        )
-        rows.append({"index": index, "sample_id": name, **lengths})
+        ):
+            index, name, sample = chosen[position]
+            if key in stored:  # the same sample twice in the dataset
+                continue
+            where = f"{dataset_json} sample {index} ({name})"
+            lengths = sample_lengths(
+                processor, sample, Path(media_dir), image_max_pixels, image_min_pixels, where
+            )
+            stored[key] = {"key": key, **lengths}
+            new_rows.append(stored[key])
+        if table is not None and new_rows:
+            table.add(
+                pl.DataFrame(
+                    new_rows,
+                    schema={"key": pl.String, **{c: LENGTH_SCHEMA[c] for c in COUNT_COLUMNS}},
+                )
+            )
+    log.info("token counts: %d counted, %d from the memo", len(todo), len(keys) - len(todo))
+    rows = [
+        {"index": index, "sample_id": name, **{c: stored[key][c] for c in COUNT_COLUMNS}}
+        for (index, name, _), key in zip(chosen, keys, strict=True)
+    ]
     return pl.DataFrame(rows, schema=LENGTH_SCHEMA)
 
 

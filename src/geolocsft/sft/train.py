@@ -1,11 +1,14 @@
-"""LoRA (or full) SFT with LLaMA-Factory: render the exact training YAML, launch, resume, plot.
+"""LoRA (or full) SFT with LLaMA-Factory: render the exact training YAML, resume or start
+afresh by the run's fingerprint, launch, collect the result, plot.
 
-The rendered YAML is an audited artifact of the run folder; ``llamafactory-cli train`` runs on it.
-On a node with several GPUs the launch goes through torchrun (``FORCE_TORCHRUN=1``,
-``NPROC_PER_NODE``), with a DeepSpeed ZeRO config from ``config/deepspeed/`` when the run asks
-for one; across SLURM nodes ``NNODES``, ``NODE_RANK`` and ``MASTER_ADDR`` come from the
-allocation. On a machine without a GPU the same code trains on the CPU (the tests' tiny model),
-and GPU-only options (DeepSpeed, bf16, flash-attn) are refused with a clear message.
+The rendered YAML is an audited artifact of the run folder; ``llamafactory-cli train`` runs on it
+(see :mod:`geolocsft.sft.launch` for one process, torchrun, DeepSpeed and multi-node launches).
+Checkpoints go to ``<run_dir>/checkpoints/`` beside the run's fingerprint
+(:mod:`geolocsft.sft.fingerprint`): a run resumes only checkpoints of the same fingerprint, so a
+changed setting, dataset, base model or code trains from step 0, and a killed run resumes.
+The result is copied to ``<run_dir>/adapter/``: the LoRA adapter, or with
+``finetuning_type: full`` the whole fine-tuned model (weights, config, processor), which the
+predictor loads in place of the base model.
 """
 
 from __future__ import annotations
@@ -13,12 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,12 +26,30 @@ import yaml
 
 from geolocsft.errors import GeolocsftError
 from geolocsft.settings import KEYS_READ_BY_THE_WORKFLOW, from_config
+from geolocsft.sft.fingerprint import (
+    FINGERPRINT_FILE,
+    checkpoint_to_resume,
+    complete_checkpoints,
+    fingerprint_record,
+    stamp,
+)
+from geolocsft.sft.launch import (
+    Device,
+    Launch,
+    launch_training,
+    plan_launch,
+    running_trainings,
+    write_launch,
+)
+from geolocsft.sft.model_family import resolve_template
 
 log = logging.getLogger(__name__)
 
 DEEPSPEED_CONFIGS = {"z2": "ds_z2_config.json", "z3": "ds_z3_config.json"}
 #: Keys of a run's config that the workflow uses, not the training itself.
 WORKFLOW_KEYS = KEYS_READ_BY_THE_WORKFLOW["sft.runs.*"]
+#: Files of LLaMA-Factory's output folder that are not part of the model.
+NOT_MODEL_FILES = frozenset({"training_args.bin", FINGERPRINT_FILE})
 
 
 @dataclass(frozen=True)
@@ -43,13 +61,15 @@ class RunSettings:
     name: str = field(metadata={"key": None})
     dataset: str
     model: str
-    template: str
+    template: str | None
     finetuning_type: str
     lora_rank: int
     lora_alpha: int
     lora_dropout: float
     lora_target: str
     learning_rate: float
+    lr_scheduler_type: str
+    warmup_ratio: float
     num_train_epochs: float
     per_device_train_batch_size: int
     gradient_accumulation_steps: int
@@ -58,6 +78,7 @@ class RunSettings:
     bf16: bool
     seed: int
     deepspeed: str | None
+    device: Device
     gpus: int
     nodes: int
     save_steps: int
@@ -84,17 +105,11 @@ def render_config(
     dataset_dir: Path,
     output_dir: Path,
     deepspeed_dir: Path,
+    template: str,
     has_validation: bool,
     resume_from: Path | None,
-    on_gpu: bool,
 ) -> dict[str, Any]:
     """The LLaMA-Factory training YAML of ``run`` as a dict (written verbatim to the run folder)."""
-    if not on_gpu and (run.deepspeed or run.bf16):
-        raise GeolocsftError(
-            f"sft.runs.{run.name}: bf16 and DeepSpeed need a GPU and none is visible to torch "
-            "here; set bf16: false and deepspeed: null for a CPU run (or run it on a GPU node "
-            "with --profile profiles/slurm)"
-        )
     config: dict[str, Any] = {
         "model_name_or_path": str(model_path),
         "image_max_pixels": run.image_max_pixels,
@@ -105,7 +120,7 @@ def render_config(
         "dataset": run.dataset,
         "dataset_dir": str(dataset_dir),
         "media_dir": str(dataset_dir),
-        "template": run.template,
+        "template": template,
         "cutoff_len": run.cutoff_len,
         "overwrite_cache": True,
         "preprocessing_num_workers": 1,
@@ -121,8 +136,8 @@ def render_config(
         "gradient_accumulation_steps": run.gradient_accumulation_steps,
         "learning_rate": run.learning_rate,
         "num_train_epochs": run.num_train_epochs,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.0,
+        "lr_scheduler_type": run.lr_scheduler_type,
+        "warmup_ratio": run.warmup_ratio,
         "bf16": run.bf16,
         "seed": run.seed,
         "ddp_timeout": 180000000,
@@ -148,64 +163,101 @@ def render_config(
     return config | run.extra
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest ``checkpoint-<step>`` folder a killed run left, if any."""
-    found = [
-        (int(m.group(1)), p)
-        for p in output_dir.glob("checkpoint-*")
-        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    ]
-    return max(found)[1] if found else None
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM nodelist (``gpu[01-04],gpu07`` → ``gpu01``)."""
-    try:
-        hosts = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if hosts:
-            return hosts[0]
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    match = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
-    return (match.group(1) + (match.group(2) or "")) if match else nodelist
-
-
-def launch_environment(
-    run: RunSettings, gpus_here: int, environ: Mapping[str, str]
-) -> dict[str, str]:
-    """Environment of ``llamafactory-cli train``: torchrun and multi-node settings, offline hub."""
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "DISABLE_VERSION_CHECK": "0",
-    }
-    nodes = int(environ.get("SLURM_NNODES", run.nodes) or 1)
-    processes = min(run.gpus, gpus_here) if gpus_here else 1
-    if processes > 1 or nodes > 1:
-        env |= {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(processes), "NNODES": str(nodes)}
-        if nodes > 1:
-            env["NODE_RANK"] = environ.get("SLURM_NODEID", "0")
-            env["MASTER_ADDR"] = first_host(environ.get("SLURM_JOB_NODELIST", "localhost"))
-            env["MASTER_PORT"] = environ.get("MASTER_PORT", "29500")
-    return env
-
-
-def llamafactory_cli() -> str:
-    """Path of ``llamafactory-cli`` next to this Python (the venv's), or on PATH."""
-    beside = Path(sys.executable).with_name("llamafactory-cli")
-    found = str(beside) if beside.exists() else shutil.which("llamafactory-cli")
-    if not found:
+def check_truncation(stats: Mapping[str, Any], on_truncation: str, run: str) -> None:
+    """Stop before training when ``on_truncation`` is ``fail`` and the token-length check found
+    samples longer than ``cutoff_len`` (``stats``: token_lengths.json)."""
+    over = stats["over_cutoff"]
+    if on_truncation == "fail" and over["count"]:
+        worst = ", ".join(f"{w['sample_id']} ({w['total_tokens']} tokens)" for w in over["worst"])
         raise GeolocsftError(
-            "llamafactory-cli is not installed: pip install -c constraints.txt 'geolocsft[train]'"
+            f"sft.runs.{run}: {over['count']} of {stats['samples']} samples are longer than "
+            f"cutoff_len={stats['cutoff_len']} tokens and LLaMA-Factory would truncate them "
+            f"({over['image_tokens_cut']} through their image tokens); the worst: {worst}. Raise "
+            "cutoff_len, lower image_max_pixels or use a shorter dataset target "
+            "(on_truncation: fail)"
         )
-    return found
+
+
+def collect_model(output_dir: Path, destination: Path) -> Path:
+    """Copy the trained model (LoRA adapter, or full model) out of LLaMA-Factory's folder."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    for item in output_dir.iterdir():
+        if item.is_file() and item.name not in NOT_MODEL_FILES:
+            shutil.copy2(item, destination / item.name)
+    return destination
+
+
+def prepare_run(
+    run: RunSettings,
+    *,
+    model_path: Path,
+    dataset_dir: Path,
+    run_dir: Path,
+    deepspeed_dir: Path,
+    code: str,
+    threads: int = 1,
+) -> tuple[Launch, Path]:
+    """Everything before the launch: decide the launch, resume or set old checkpoints aside by
+    the fingerprint, write ``llamafactory_train.yaml`` and ``launch.json``. Returns the launch
+    and the launch file the node command reads."""
+    output_dir = run_dir / "checkpoints"
+    config_path = run_dir / "llamafactory_train.yaml"
+    launch = plan_launch(
+        run.name,
+        config=config_path,
+        gpus=run.gpus,
+        nodes=run.nodes,
+        device=run.device,
+        deepspeed=bool(run.deepspeed),
+        bf16=run.bf16,
+        gpus_here=gpu_count(),
+        threads=threads,
+    )
+    alive = running_trainings(config_path)
+    if alive:
+        raise GeolocsftError(
+            f"run {run.name}: a training of this run is still running (pids {alive}), e.g. "
+            "workers left by a killed job; stop them (kill <pid>) before training again"
+        )
+    template = resolve_template(run.template, model_path, run.name)
+    has_validation = (dataset_dir / f"{run.dataset}_val.json").exists()
+
+    def rendered(resume_from: Path | None) -> dict[str, Any]:
+        return render_config(
+            run,
+            model_path=model_path,
+            dataset_dir=dataset_dir,
+            output_dir=output_dir,
+            deepspeed_dir=deepspeed_dir,
+            template=template,
+            has_validation=has_validation,
+            resume_from=resume_from,
+        )
+
+    record = fingerprint_record(
+        rendered(None),
+        model_dir=model_path,
+        dataset_dir=dataset_dir,
+        launch=launch.shape(),
+        code=code,
+    )
+    config = rendered(checkpoint_to_resume(output_dir, record, run.name))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    launch_file = run_dir / "launch.json"
+    write_launch(launch, launch_file)
+    return launch, launch_file
+
+
+def finish_run(run_dir: Path) -> Path:
+    """After a successful training: the model in ``run_dir/adapter``, the fingerprint stamped
+    into it and into every checkpoint."""
+    output_dir = run_dir / "checkpoints"
+    adapter_dir = collect_model(output_dir, run_dir / "adapter")
+    stamp(output_dir, [*complete_checkpoints(output_dir), adapter_dir])
+    return adapter_dir
 
 
 def train(
@@ -215,49 +267,34 @@ def train(
     dataset_dir: Path,
     run_dir: Path,
     deepspeed_dir: Path,
+    code: str,
     log_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    threads: int = 1,
 ) -> Path:
-    """Train into ``run_dir/checkpoints`` and copy the final adapter to ``run_dir/adapter``.
+    """Train into ``run_dir/checkpoints`` and copy the result to ``run_dir/adapter``.
 
-    A run killed before it finished resumes from its newest checkpoint on the next call.
+    A run killed before it finished resumes from its newest checkpoint on the next call, if its
+    fingerprint (everything that shapes the weights, ``code`` included) is unchanged; otherwise
+    training starts from step 0 and the old checkpoints are moved aside.
     """
-    output_dir = run_dir / "checkpoints"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_checkpoint(output_dir)
-    if resume_from is not None:
-        log.info("resuming %s from %s", run.name, resume_from)
-    gpus_here = gpu_count()
-    has_validation = (dataset_dir / f"{run.dataset}_val.json").exists()
-    config = render_config(
+    launch, launch_file = prepare_run(
         run,
         model_path=model_path,
         dataset_dir=dataset_dir,
-        output_dir=output_dir,
+        run_dir=run_dir,
         deepspeed_dir=deepspeed_dir,
-        has_validation=has_validation,
-        resume_from=resume_from,
-        on_gpu=gpus_here > 0,
+        code=code,
+        threads=threads,
     )
-    config_path = run_dir / "llamafactory_train.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, **launch_environment(run, gpus_here, os.environ)}
-    command = [llamafactory_cli(), "train", str(config_path)]
-    log.info("running %s (GPUs here: %d)", " ".join(command), gpus_here)
-    with Path(log_path or os.devnull).open("a", encoding="utf-8") as sink:
-        process = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    if process.returncode != 0:
+    environ = os.environ if environ is None else environ
+    returncode = launch_training(launch, launch_file, log_path, environ)
+    if returncode != 0:
         raise GeolocsftError(
-            f"llamafactory-cli train failed with exit status {process.returncode} for run "
-            f"{run.name}; its output is in {log_path} (rerun to resume from the last checkpoint)"
+            f"llamafactory-cli train failed with exit status {returncode} for run {run.name}; "
+            f"its output is in {log_path} (rerun to resume from the last checkpoint)"
         )
-    adapter_dir = run_dir / "adapter"
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    adapter_dir.mkdir(parents=True)
-    for item in output_dir.iterdir():
-        if item.is_file() and not item.name.startswith("training_args"):
-            shutil.copy2(item, adapter_dir / item.name)
-    return adapter_dir
+    return finish_run(run_dir)
 
 
 def loss_history(trainer_state_path: Path) -> list[dict[str, float]]:
@@ -286,7 +323,3 @@ def plot_loss(history: list[dict[str, float]], path: Path, title: str) -> None:
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
-
-
-def settings_dict(run: RunSettings) -> dict[str, Any]:
-    return asdict(run)

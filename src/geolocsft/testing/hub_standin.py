@@ -2,7 +2,7 @@
 
 Point ``HF_ENDPOINT`` (or ``endpoint=``) at it and ``HfApi.model_info``/``dataset_info``/
 ``repo_info``, ``list_repo_tree``/``list_repo_files``, ``hf_hub_download``,
-``snapshot_download`` and :func:`geolocsft.hub.acquire.fetch_repo` work against it over HTTP on
+``snapshot_download`` and :func:`geolocsft.hub.fetch.fetch_repo` work against it over HTTP on
 127.0.0.1, without network. It serves the routes those calls use:
 
 * ``GET /api/{models,datasets}/<repo>[/revision/<rev>]``: repo info with the commit ``sha`` and

@@ -4,12 +4,18 @@ The real SDKs (``google-genai`` through ``HttpOptions(base_url=...)``, ``openai`
 ``base_url``) talk to it over HTTP on 127.0.0.1, so tests and benchmarks exercise the real
 clients, serialisation and error handling without network or cost. It answers with a valid
 geo-caption whose coordinates are the ones written in the prompt, after an injectable latency,
-and can inject faults: 429 with a retry delay, 503, malformed or truncated JSON, markdown
-fences, blocked prompts. Every request is counted per image (by the sha256 of the image bytes).
+and can inject faults: 429 with a retry delay (RetryInfo), 500/503, malformed or truncated
+JSON, markdown fences, blocked prompts, answers stopped for SAFETY, slow answers, and answers cut
+at MAX_TOKENS while the request's output limit is below ``min_output_tokens``. Like the real
+API it can enforce a requests-per-minute and a tokens-per-minute cap over a sliding window of
+arrival times, answering a request over the cap with 429 and counting it (``rejected_over_cap``).
+Every request is counted per image (by the sha256 of the image bytes), and every request the
+server finished working on (``processed``: billed by a real API, even when the client had
+stopped waiting).
 
 Also a command for trying a config without paying::
 
-    python -m geolocsft.testing.standin --port 8765 --latency 0.5
+    python -m geolocsft.testing.standin --port 8765 --latency 0.5 --rpm 250
 """
 
 from __future__ import annotations
@@ -18,50 +24,66 @@ import argparse
 import base64
 import hashlib
 import json
-import random
 import re
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from geolocsft.testing.loopback import BackgroundServer, LoopbackServer, serve_until_interrupted
+from geolocsft.testing.standin_state import FAULTS, StandinState
 
-FAULTS = ("429", "503", "malformed", "truncated", "fences", "blocked", "no_candidates")
+__all__ = ["FAULTS", "Standin", "StandinState", "caption_for", "main"]
+
+#: 4xx faults: status code, Google's status name and message
+REJECTIONS = {
+    "400": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    "403": (403, "PERMISSION_DENIED", "Permission denied: the API key cannot use this model."),
+    "404": (404, "NOT_FOUND", "models/x is not found for API version v1beta."),
+}
 COORDINATES = re.compile(r"latitude (-?[0-9.]+), longitude (-?[0-9.]+)")
 
 
 def caption_for(lat: float, lon: float) -> dict[str, Any]:
-    """A complete, schema-valid geo-caption answering (lat, lon)."""
+    """A complete, schema-valid geo-caption answering (lat, lon), in the paper's field names."""
     return {
         "thinking": {
-            "regional_analysis_25km": {
-                "terrain": "rolling lowland with a river valley",
-                "climate": "temperate, overcast sky, green vegetation",
+            "25km_analysis": {
+                "terrain_characteristics": "rolling lowland with a river valley",
+                "climate_features": "temperate, overcast sky, green vegetation",
                 "regional_development": "dense suburban settlement with farmland around it",
             },
-            "local_analysis_1km": {
+            "1km_analysis": {
                 "road_engineering": {
-                    "surface": "smooth asphalt in good repair",
-                    "markings": "white dashed centre line, solid white edge lines",
+                    "surface_materials": "smooth asphalt in good repair",
+                    "line_markings": "white dashed centre line, solid white edge lines",
                     "guardrails": "none visible",
                     "lighting": "grey steel lamp posts on one side",
                     "drainage": "concrete kerbs with gutters",
                 },
                 "vegetation": {
-                    "species": "deciduous trees, likely oak and plane",
-                    "undergrowth": "mown grass verges",
-                    "management": "regularly maintained",
+                    "tree_species": "deciduous trees, likely Quercus robur and Platanus",
+                    "herbaceous_plants": "mown grass verges",
+                    "vegetation_management": "regularly maintained",
                 },
             },
-            "buildings_and_infrastructure": "two-storey brick houses with pitched tile roofs",
-            "vehicles_and_traffic": "left-hand drive cars, driving on the right",
-            "terrain_and_soil": "brown loamy soil on the verges",
+            "buildings_infrastructure": {
+                "architectural_styles": "two-storey brick houses with pitched tile roofs",
+                "municipal_facilities": "green waste bins, blue street name signs",
+                "transportation_facilities": "a bus stop with a glass shelter",
+            },
+            "vehicles_traffic": {
+                "vehicle_types": "compact European hatchbacks, yellow plates absent",
+                "traffic_patterns": "left-hand drive cars, driving on the right",
+            },
+            "terrain_soil": {
+                "terrain_details": "flat, slight slope towards the river",
+                "soil_characteristics": "brown loamy soil on the verges",
+            },
             "elimination_similar_regions": [
-                {"region": "northern Germany", "reasons": ["kerb style", "lamp post design"]}
+                {
+                    "eliminated_region": "northern Germany",
+                    "reasons": ["kerb style", "lamp post design"],
+                }
             ],
         },
         "answer": {
@@ -73,69 +95,6 @@ def caption_for(lat: float, lon: float) -> dict[str, Any]:
             },
         },
     }
-
-
-@dataclass
-class StandinState:
-    """What the stand-in was asked and how it should misbehave (thread-safe counters)."""
-
-    latency_s: float = 0.0
-    retry_delay_s: float = 1.0
-    #: fault kind -> probability per request (seeded)
-    fault_rates: dict[str, float] = field(default_factory=dict)
-    #: faults for the first requests, in order, before fault_rates apply
-    fault_script: list[str] = field(default_factory=list)
-    #: called with (image sha256, request number); returns a fault kind or None
-    fault_for: Callable[[str, int], str | None] | None = None
-    answer_offset_deg: float = 0.0
-    seed: int = 0
-    requests: int = 0
-    by_image: Counter[str] = field(default_factory=Counter)
-    faults_sent: Counter[str] = field(default_factory=Counter)
-    times: list[float] = field(default_factory=list)
-    api_keys: set[str] = field(default_factory=set)
-    #: the body of the latest request, as JSON (to check what the SDK really sent)
-    last_request: dict[str, Any] | None = None
-    #: Gemini batch jobs: seconds until a job succeeds, and the jobs by id
-    batch_delay_s: float = 0.0
-    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-
-    def next_fault(self, image_hash: str) -> tuple[int, str | None]:
-        with self.lock:
-            self.requests += 1
-            number = self.requests
-            self.by_image[image_hash] += 1
-            self.times.append(time.monotonic())
-            if self.fault_script:
-                fault: str | None = self.fault_script.pop(0)
-            elif self.fault_for is not None:
-                fault = self.fault_for(image_hash, number)
-            else:
-                fault = None
-                draw = self._rng.random()
-                for kind, rate in self.fault_rates.items():
-                    if draw < rate:
-                        fault = kind
-                        break
-                    draw -= rate
-            if fault in ("", "ok"):
-                fault = None
-            if fault:
-                self.faults_sent[fault] += 1
-            return number, fault
-
-    def max_requests_in_window(self, window_s: float = 60.0) -> int:
-        times = sorted(self.times)
-        best, start = 0, 0
-        for end, t in enumerate(times):
-            while t - times[start] >= window_s:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -153,8 +112,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped waiting (a timeout)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
@@ -210,8 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
             image_hash, prompt = self._gemini_request(entry.get("request", {}))
             _, fault = state.next_fault(image_hash)
             answer: dict[str, Any] = {"metadata": entry.get("metadata", {})}
-            if fault in ("429", "503"):
-                answer["error"] = {"code": int(fault), "message": "injected fault"}
+            if fault in ("429", "500", "503", "over_cap"):
+                code = 429 if fault == "over_cap" else int(fault)
+                answer["error"] = {"code": code, "message": "injected fault"}
             else:
                 answer["response"] = self._gemini_answer(prompt, image_hash, fault, state)
             responses.append(answer)
@@ -247,6 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
             return {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage}
         if fault == "no_candidates":
             return {"candidates": [], "usageMetadata": usage}
+        if fault == "safety":
+            return {"candidates": [{"finishReason": "SAFETY", "index": 0}], "usageMetadata": usage}
         text, finish = self._answer_text(prompt, fault, state)
         return {
             "candidates": [
@@ -259,9 +224,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _gemini(self, body: dict[str, Any], state: StandinState) -> None:
         image_hash, prompt = self._gemini_request(body)
-        _, fault = state.next_fault(image_hash)
-        time.sleep(state.latency_s)
-        if fault == "429":
+        limit = body.get("generationConfig", {}).get("maxOutputTokens")
+        _, fault = state.next_fault(image_hash, limit)
+        if fault in ("429", "over_cap"):
+            if fault == "429":
+                time.sleep(state.latency_s)
             self._send(
                 429,
                 {
@@ -279,18 +246,19 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        if fault == "503":
+        if fault in REJECTIONS:
+            code, status, message = REJECTIONS[fault]
+            self._send(code, {"error": {"code": code, "message": message, "status": status}})
+            return
+        if fault in ("500", "503"):
+            time.sleep(state.latency_s)
+            status = "UNAVAILABLE" if fault == "503" else "INTERNAL"
+            message = "The model is overloaded." if fault == "503" else "Internal error."
             self._send(
-                503,
-                {
-                    "error": {
-                        "code": 503,
-                        "message": "The model is overloaded.",
-                        "status": "UNAVAILABLE",
-                    }
-                },
+                int(fault), {"error": {"code": int(fault), "message": message, "status": status}}
             )
             return
+        state.work(fault)
         self._send(200, self._gemini_answer(prompt, image_hash, fault, state))
 
     @staticmethod
@@ -314,20 +282,35 @@ class _Handler(BaseHTTPRequestHandler):
         url = next((c["image_url"]["url"] for c in content if c.get("type") == "image_url"), "")
         prompt = "".join(c.get("text", "") for c in content if c.get("type") == "text")
         image_hash = hashlib.sha256(base64.b64decode(url.split(",", 1)[-1] or "")).hexdigest()
-        number, fault = state.next_fault(image_hash)
-        time.sleep(state.latency_s)
-        if fault == "429":
+        number, fault = state.next_fault(image_hash, body.get("max_tokens"))
+        if fault in ("429", "over_cap"):
+            if fault == "429":
+                time.sleep(state.latency_s)
             self._send(
                 429,
                 {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}},
                 {"retry-after": str(state.retry_delay_s)},
             )
             return
-        if fault == "503":
-            self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+        if fault in REJECTIONS:
+            code, _, message = REJECTIONS[fault]
+            self._send(code, {"error": {"message": message, "type": "invalid_request_error"}})
             return
+        if fault in ("500", "503"):
+            time.sleep(state.latency_s)
+            self._send(int(fault), {"error": {"message": "overloaded", "type": "server_error"}})
+            return
+        state.work(fault)
         if fault in ("blocked", "no_candidates"):
             choices: list[dict[str, Any]] = []
+        elif fault == "safety":
+            choices = [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": None},
+                    "finish_reason": "content_filter",
+                }
+            ]
         else:
             text, finish = self._answer_text(prompt, fault, state)
             choices = [
@@ -369,13 +352,29 @@ def main(argv: list[str] | None = None) -> None:
         help=f"inject a fault with a probability; kinds: {', '.join(FAULTS)}",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rpm", type=int, help="enforce requests per minute (sliding window)")
+    parser.add_argument("--tpm", type=int, help="enforce tokens per minute (sliding window)")
+    parser.add_argument("--slow", type=float, default=5.0, help="seconds of a 'slow' fault")
     args = parser.parse_args(argv)
     rates = {k: float(v) for k, v in (f.split("=", 1) for f in args.fault)}
-    state = StandinState(latency_s=args.latency, fault_rates=rates, seed=args.seed)
+    state = StandinState(
+        latency_s=args.latency,
+        fault_rates=rates,
+        seed=args.seed,
+        slow_s=args.slow,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+    )
     server = LoopbackServer(_Handler, state, args.port)
     print(f"stand-in listening on {server.url}", flush=True)
     serve_until_interrupted(
-        server, lambda: {"requests": state.requests, "faults": dict(state.faults_sent)}
+        server,
+        lambda: {
+            "requests": state.requests,
+            "processed": state.processed,
+            "rejected_over_cap": state.rejected_over_cap,
+            "faults": dict(state.faults_sent),
+        },
     )
 
 

@@ -1,0 +1,13 @@
+"""Snakemake wrapper: a pinned run's snapshot of its dataset (hard links; see sft.pin)."""
+
+from pathlib import Path
+
+from geolocsft.sft.pin import snapshot_dataset
+from geolocsft.workflow import run_script
+
+
+def main(smk) -> None:
+    snapshot_dataset(Path(smk.input.json).parent, Path(smk.output.snapshot), smk.params.marker)
+
+
+run_script(snakemake, main)
