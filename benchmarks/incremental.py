@@ -110,10 +110,13 @@ def snakemake(workdir: Path, *args: str) -> float:
     return wall
 
 
-def job_times(workdir: Path) -> dict[str, tuple[float, float]]:
-    """Rule log name -> (seconds, peak RSS MB) from the rules' benchmark: files."""
+def job_times(workdir: Path, since: float = 0.0) -> dict[str, tuple[float, float]]:
+    """Rule log name -> (seconds, peak RSS MB) from the rules' benchmark: files written after
+    ``since`` (a time.time(); the files of jobs that did not run again are older)."""
     found = {}
     for tsv in sorted((workdir / "results" / "runtime").rglob("*.tsv")):
+        if tsv.stat().st_mtime < since:
+            continue
         with tsv.open() as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
         found[str(tsv.relative_to(workdir / "results" / "runtime"))] = (
@@ -169,8 +172,9 @@ def run_size(size: int, add: int, root: Path) -> dict[str, object]:
     full_jobs = job_times(workdir)
     noop = snakemake(workdir, "-n")
     write_table(table, make_images(images, size, add, seed=10**7), append=True)
+    rerun_started = time.time()
     rerun = snakemake(workdir)
-    rerun_jobs = job_times(workdir)
+    rerun_jobs = job_times(workdir, since=rerun_started)
     measured = floors(images, size)
     report = {
         "size": size,

@@ -83,33 +83,25 @@ rule sft_dataset:
         "../scripts/sft_dataset.py"
 
 
-rule sft_pin_dataset:
+rule sft_run_dataset:
     input:
-        unpack(
-            lambda wildcards: {
-                key: ancient(path)
-                for key, path in dataset_files(
-                    f"results/sft/{SFT_RUNS[wildcards.run]['dataset']}",
-                    SFT_RUNS[wildcards.run]["dataset"],
-                ).items()
-            }
-        ),
+        unpack(run_dataset_sources),
     output:
         snapshot=directory("results/train/{run}/dataset"),
-        provenance=provenance("sft_pin_dataset", "{run}"),
+        provenance=provenance("sft_run_dataset", "{run}"),
     log:
         "logs/train/{run}-dataset.log",
     wildcard_constraints:
-        run=_alternatives(SNAPSHOTS_TO_MAKE),
+        run=_alternatives(RUN_DATASETS_TO_MAKE),
     conda:
         "../envs/captions.yaml"
     params:
         marker=_SNAPSHOT_MARKER,
-        code=code_of_script("sft_pin_dataset"),
+        code=code_of_script("sft_run_dataset"),
     message:
-        "Pin run {wildcards.run} to a snapshot of its dataset"
+        "The dataset run {wildcards.run} trains on (hard links)"
     script:
-        "../scripts/sft_pin_dataset.py"
+        "../scripts/sft_run_dataset.py"
 
 
 rule build_tiny_model:
@@ -219,6 +211,8 @@ rule sft_train:
     output:
         adapter=directory("results/train/{run}/adapter"),
         config="results/train/{run}/llamafactory_train.yaml",
+        # How the training processes were started (processes, nodes, DeepSpeed, the command).
+        launch="results/train/{run}/launch.json",
         state="results/train/{run}/trainer_state.json",
         loss=report(
             "results/train/{run}/loss.png",

@@ -8,15 +8,18 @@ PARTS = config["scale_out"]["parts"]
 TINY_FAMILIES = sorted(
     {tiny_family(run["model"]) for run in SFT_RUNS.values()} - {None}
 )
-# Pinned runs whose dataset snapshot is not made yet: only these have a snapshot job.
+# Every run trains on its own view of its dataset, results/train/<run>/dataset/ (hard links,
+# rule sft_run_dataset): a mirror of results/sft/<dataset>/ for runs that retrain when it changes,
+# a snapshot made once for pinned runs. A pinned run whose snapshot exists has no job making it,
+# so switching a trained run to pinned (even after images were added) never retrains it.
 _SNAPSHOT_MARKER = "dataset_info.json"
 PINNED_RUNS = [n for n, r in SFT_RUNS.items() if not r["retrain_when_dataset_changes"]]
-SNAPSHOTS_TO_MAKE = [
+RUN_DATASETS_TO_MAKE = [
     n
-    for n in PINNED_RUNS
-    if not Path(f"results/train/{n}/dataset/{_SNAPSHOT_MARKER}").is_file()
+    for n in SFT_RUNS
+    if n not in PINNED_RUNS
+    or not Path(f"results/train/{n}/dataset/{_SNAPSHOT_MARKER}").is_file()
 ]
-
 
 def model_dir(run):
     """The folder of a run's base model: built, downloaded, or the user's own."""
@@ -39,20 +42,24 @@ def dataset_files(folder, name):
 
 
 def run_dataset_dir(name):
-    """The dataset folder a run trains on: its dataset's, or its snapshot when pinned."""
-    run = SFT_RUNS[name]
-    if run["retrain_when_dataset_changes"]:
-        return f"results/sft/{run['dataset']}"
+    """The dataset folder a run trains on: its own view of its dataset (see above)."""
     return f"results/train/{name}/dataset"
 
 
 def run_dataset(wildcards):
-    """The dataset inputs of a run's jobs: the dataset's files, or for a pinned run its snapshot
-    folder (a directory output: Snakemake matches the folder, not the files in it)."""
-    run = SFT_RUNS[wildcards.run]
-    if run["retrain_when_dataset_changes"]:
-        return dataset_files(run_dataset_dir(wildcards.run), run["dataset"])
+    """The dataset input of a run's jobs: the run's dataset folder (a directory output:
+    Snakemake matches the folder, not the files in it)."""
     return {"snapshot": run_dataset_dir(wildcards.run)}
+
+
+def run_dataset_sources(wildcards):
+    """What a run's dataset folder is made from: the dataset's files; for a pinned run through
+    ancient(), so that a newer dataset never remakes its snapshot."""
+    run = SFT_RUNS[wildcards.run]
+    files = dataset_files(f"results/sft/{run['dataset']}", run["dataset"])
+    if run["retrain_when_dataset_changes"]:
+        return files
+    return {key: ancient(path) for key, path in files.items()}
 
 
 def run_dataset_json(name):
@@ -148,7 +155,7 @@ def sft_provenance():
     records = [provenance("sft_dataset", d) for d in SFT_DATASETS]
     records += [provenance("build_tiny_model", f) for f in TINY_FAMILIES]
     records += [provenance("download_model", slug) for slug in HUB_MODELS]
-    records += [provenance("sft_pin_dataset", run) for run in PINNED_RUNS]
+    records += [provenance("sft_run_dataset", run) for run in SFT_RUNS]
     records += [provenance("sft_train", run) for run in SFT_RUNS]
     records += [provenance("sft_token_stats", run) for run in SFT_RUNS]
     return records

@@ -203,7 +203,8 @@ def test_vllm_requests_batches_and_rows(tiny_model, adapter, tmp_path, monkeypat
         "seed": 7,
         "predict": {"max_new_tokens": 64, "samples": samples, "temperature": 0.8},
     }
-    settings = predict_settings(run, {}, INSTRUCTION)
+    # a run trained on the coordinates target answers {"latitude": ..., "longitude": ...}
+    settings = predict_settings(run, {"target": "coordinates"}, INSTRUCTION)
     engine = configured(
         VLLMSettings,
         tensor_parallel_size=2,
@@ -274,6 +275,8 @@ def test_greedy_single_answer_and_no_adapter(tiny_model, tmp_path, monkeypatch):
 
 def test_predict_keeps_every_row_whatever_the_batch_size(tmp_path):
     class Scripted:
+        answer_format = "coordinates"
+
         def __init__(self, batch_size: int) -> None:
             self.batch_size = batch_size
             self.batches: list[int] = []

@@ -207,6 +207,7 @@ def test_fresh_plans_of_parts_and_of_a_pinned_run(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     one = planned_jobs(workdir)
     assert "sft_media" not in one and "sft_token_counts" not in one  # parts: 1, one job each
+    assert one["sft_run_dataset"] == 1  # the dataset folder the run trains on
     assert one["sft_dataset"] == 1 and one["sft_token_stats"] == 1
     parts = workdir / "config" / "parts.yaml"
     parts.write_text(yaml.safe_dump({"scale_out": {"parts": 3}}))
@@ -216,4 +217,4 @@ def test_fresh_plans_of_parts_and_of_a_pinned_run(tmp_path):
     # A pinned run on a fresh workflow: its snapshot is made once, from the dataset.
     set_run(workdir, retrain_when_dataset_changes=False)
     pinned = planned_jobs(workdir)
-    assert pinned["sft_pin_dataset"] == 1 and pinned["sft_train"] == 1, pinned
+    assert pinned["sft_run_dataset"] == 1 and pinned["sft_train"] == 1, pinned

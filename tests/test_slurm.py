@@ -178,9 +178,10 @@ def test_results_are_those_of_the_demo(slurm_run):
         assert (workdir / "logs" / rule_log).is_file()
 
 
-def test_ingest_parts_run_as_separate_slurm_jobs(slurm_cluster: Path, tmp_path: Path):
-    """scale_out.parts: 2 -> two `ingest_part` SLURM jobs (not grouped) and the gathering
-    ingest job, whose manifest holds every image."""
+def test_sharded_stages_run_as_separate_slurm_jobs(slurm_cluster: Path, tmp_path: Path):
+    """scale_out.parts: 2 -> every sharded per-image stage (ingest checks, dataset media, kNN
+    features, token counts) runs as two part jobs through sbatch, and each gathering job's output
+    holds every image of its parts."""
     workdir = copy_workflow(tmp_path / "wf")
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     config["scale_out"] = {"parts": 2}
@@ -194,8 +195,10 @@ def test_ingest_parts_run_as_separate_slurm_jobs(slurm_cluster: Path, tmp_path: 
             "profiles/slurm-ci",
             "--configfile",
             "config/parts.yaml",
-            "--until",
-            "ingest_corpus",
+            "results/manifest.parquet",
+            "results/sft/geocaptions/dataset_info.json",
+            "results/baselines/features/corpus.parquet",
+            "results/train/tiny-demo/token_lengths.json",
         ],
         cwd=workdir,
         env=_clean_env(),
@@ -209,12 +212,26 @@ def test_ingest_parts_run_as_separate_slurm_jobs(slurm_cluster: Path, tmp_path: 
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
     jobs = {job_id: _slurm_job(job_id) for job_id in submitted}
     comments = sorted(job["Comment"] for job in jobs.values())
-    assert len(_by_comment(jobs, "rule_ingest_part_")) == 2, comments
-    assert len(jobs) == 3, comments  # two parts and the gather (group `ingest`)
+    for part_rule in ("ingest_part", "sft_media", "image_features_part", "sft_token_counts"):
+        assert len(_by_comment(jobs, f"rule_{part_rule}_")) == 2, (part_rule, comments)
     for job in jobs.values():
-        assert job["JobState"] == "COMPLETED" and job["Partition"] == "cpu", job
+        assert job["JobState"] == "COMPLETED", job
     manifest = pl.read_parquet(workdir / "results" / "manifest.parquet")
     parts = [
         pl.read_parquet(workdir / f"results/ingest/parts/corpus/part-{k}.parquet") for k in (0, 1)
     ]
     assert manifest.height == 20 == sum(p.height for p in parts)
+    excluded = set(pl.read_csv(workdir / "results/leakage/train_excluded.csv")["image_id"])
+    trained = set(manifest.filter(pl.col("split") == "train")["image_id"]) - excluded
+    media = pl.concat(
+        pl.read_parquet(workdir / f"results/parts/sft_media/geocaptions/{k}.parquet")
+        for k in (0, 1)
+    )
+    stats = yaml.safe_load((workdir / "results/sft/geocaptions/stats.json").read_text())
+    assert set(media["image_id"]) == trained and stats["samples"] == len(trained)
+    features = pl.read_parquet(workdir / "results/baselines/features/corpus.parquet")
+    assert set(features["image_id"]) == set(manifest["image_id"])
+    tokens = pl.concat(
+        pl.read_parquet(workdir / f"results/parts/sft_tokens/tiny-demo/{k}.parquet") for k in (0, 1)
+    )
+    assert tokens.height == len(trained)

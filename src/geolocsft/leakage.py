@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 HOLDOUT = "holdout"
 IDENTICAL = "identical"
 NEAR_DUPLICATE = "near_duplicate"
-REPORT_SCHEMA: dict[str, pl.DataType] = {
+LEAKAGE_REPORT_SCHEMA: dict[str, pl.DataType] = {
     "image_id": pl.String(),
     "kind": pl.String(),
     "hamming": pl.Int64(),
@@ -171,7 +171,7 @@ def find_leaks(
     settings: LeakageSettings,
     memo_dir: Path | None = None,
 ) -> pl.DataFrame:
-    """One row per (training image, eval image) pair that leaks; columns of REPORT_SCHEMA."""
+    """One row per (training image, eval image) pair that leaks (LEAKAGE_REPORT_SCHEMA)."""
     train = corpus.filter(pl.col("split") == TRAIN)
     evals = eval_images(corpus, benchmarks)
     identical = (
@@ -220,10 +220,10 @@ def find_leaks(
                 "path": train["path"].gather(t),
                 "eval_path": evals["path"].gather(e),
             },
-            schema=REPORT_SCHEMA,
+            schema=LEAKAGE_REPORT_SCHEMA,
         ).filter(pl.col("sha256") != pl.col("eval_sha256"))  # identical ones are listed above
         found.append(near)
-    report = pl.concat([f.cast(REPORT_SCHEMA) for f in found])  # type: ignore[arg-type]
+    report = pl.concat([f.cast(LEAKAGE_REPORT_SCHEMA) for f in found])  # type: ignore[arg-type]
     return report.sort("image_id", "eval_set", "eval_image_id")
 
 

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Files the paper's script writes beside the captions.
 BOOKKEEPING = frozenset({"analysis_summary.json", "processing_log.txt"})
-REPORT_SCHEMA = {
+IMPORT_REPORT_SCHEMA = {
     "file": pl.String,
     "image_id": pl.String,
     "status": pl.String,
@@ -188,7 +188,7 @@ def import_captions(
         report.add(path, row["image_id"], "imported", key=key)
     report.path = store.root / "imports" / f"import-{now_utc().replace(':', '')}.csv"
     report.path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(report.rows, schema=REPORT_SCHEMA).write_csv(report.path)
+    pl.DataFrame(report.rows, schema=IMPORT_REPORT_SCHEMA).write_csv(report.path)
     log.info("import of %s: %s; report %s", source, report.counts(), report.path)
     return report
 

@@ -1,11 +1,14 @@
-"""A pinned run's dataset: a snapshot of the dataset folder as it was when the run first trained.
+"""The dataset folder a run trains on: ``results/train/<run>/dataset/``, hard links to the files
+of ``results/sft/<dataset>/`` (no space, one link per file).
 
-A run with ``retrain_when_dataset_changes: false`` trains on ``results/train/<run>/dataset/``,
-made once from ``results/sft/<dataset>/`` (hard links, so it costs no space) and never remade
-while it exists: new images change the dataset but not the snapshot, so the run is not retrained
-for them, while a change of its own settings still retrains it (on the same data). The snapshot
-is written into a temporary folder and renamed into place, and its marker file is written last,
-so a killed job never leaves a snapshot that looks complete.
+A run that retrains when its dataset changes (the default) gets the folder remade whenever the
+dataset changes. A pinned run (``retrain_when_dataset_changes: false``) keeps it once it exists:
+new images change the dataset but not the folder, so the run is not retrained for them, while a
+change of its own settings still retrains it (on the same data). Since every run trains on its
+own folder, pinning a run that already trained (even after images were added) keeps the data it
+was trained on and plans no retrain. The folder is written into a temporary folder and renamed
+into place, and its marker file is written last, so a killed job never leaves a folder that
+looks complete.
 """
 
 from __future__ import annotations

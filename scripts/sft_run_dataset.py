@@ -1,4 +1,4 @@
-"""Snakemake wrapper: a pinned run's snapshot of its dataset (hard links; see sft.pin)."""
+"""Snakemake wrapper: the dataset folder a run trains on (hard links; see sft.pin)."""
 
 from pathlib import Path
 
