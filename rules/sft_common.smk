@@ -8,8 +8,8 @@ PARTS = config["scale_out"]["parts"]
 TINY_FAMILIES = sorted(
     {tiny_family(run["model"]) for run in SFT_RUNS.values()} - {None}
 )
-# Every run trains on its own view of its dataset, results/train/<run>/dataset/ (hard links,
-# rule sft_run_dataset): a mirror of results/sft/<dataset>/ for runs that retrain when it changes,
+# Every run trains on its own view of its dataset, results/train/<run>/dataset/ (hard links made
+# by sft_run_dataset): a mirror of results/sft/<dataset>/ for runs that retrain when it changes,
 # a snapshot made once for pinned runs. A pinned run whose snapshot exists has no job making it,
 # so switching a trained run to pinned (even after images were added) never retrains it.
 _SNAPSHOT_MARKER = "dataset_info.json"
