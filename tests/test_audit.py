@@ -70,7 +70,7 @@ def test_manifest_lists_every_artifact_with_its_sha256_and_provenance(finished_r
         (finished_run / artifacts["results/train/tiny-demo/adapter"]["provenance"]).read_text()
     )
     assert record["rule"] == "sft_train" and record["wildcards"] == {"run": "tiny-demo"}
-    assert record["params"]["settings"]["model"] == "tiny"
+    assert record["params"]["settings"]["model"] == "tiny-qwen2vl"
     assert "sft.train" in record["code"]["modules"] and record["code"]["version"]
     for package in ("torch", "transformers", "llamafactory", "peft", "snakemake"):
         assert record["packages"][package]

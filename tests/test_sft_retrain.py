@@ -178,22 +178,21 @@ def test_a_killed_training_resumes_from_its_newest_checkpoint(finished, tmp_path
 
 def test_a_pinned_run_stays_pinned_but_retrains_when_its_own_settings_change(finished, tmp_path):
     workdir = copy_finished_run(finished, tmp_path / "wf")
-    set_run(workdir, retrain_when_dataset_changes=False)
-    # Pinning snapshots the dataset; the same data, settings and code: the finished training is
-    # reused (no new steps), not trained again.
-    snakemake(workdir)
-    assert "resuming from" in train_log(workdir)
-    assert (workdir / "results/train" / RUN / "dataset" / "dataset_info.json").is_file()
     pinned = adapter_bytes(workdir)
+    # Images added first, the run pinned after: it keeps the data it was trained on (its own
+    # dataset folder), so nothing that trains is planned, then or after the dataset is rebuilt.
     add_image(workdir)
+    set_run(workdir, retrain_when_dataset_changes=False)
     plan = planned_jobs(workdir)
     assert plan.get("sft_dataset") == 1 and "sft_train" not in plan, plan
     assert "sft_token_stats" not in plan, plan
-    # New images and a changed learning rate in the same rerun: the setting still retrains.
+    snakemake(workdir, "--until", "sft_dataset")
+    assert "sft_train" not in planned_jobs(workdir) and adapter_bytes(workdir) == pinned
+    # A changed learning rate still retrains a pinned run, on the data it was pinned to.
     set_run(workdir, learning_rate=3.0e-3)
     plan = planned_jobs(workdir)
-    assert plan.get("sft_train") == 1 and plan.get("sft_dataset") == 1, plan
-    snakemake(workdir, "--until", "sft_train", "sft_dataset")
+    assert plan.get("sft_train") == 1 and "sft_run_dataset" not in plan, plan
+    snakemake(workdir, "--until", "sft_train")
     assert "resuming" not in train_log(workdir)
     assert adapter_bytes(workdir) != pinned
     samples = json.loads(

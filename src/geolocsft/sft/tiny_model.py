@@ -72,13 +72,27 @@ _WORDS_TEXT = (
 WORDS = _WORDS_TEXT.split()
 
 
-KEYS = [
-    *WORDS,
-    "final_location_confirmation",
-    "accuracy_assessment",
-    "confirmed_location",
-    "decisive_features",
-]
+def caption_keys() -> list[str]:
+    """Every JSON key of a geo-caption, as the caption schema writes them (the paper's names)."""
+    from geolocsft.captions.schema import GeoCaption
+
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "properties" and isinstance(value, dict):
+                    found.extend(k for k in value if k not in found)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(GeoCaption.model_json_schema(by_alias=True))
+    return found
+
+
+KEYS = [*WORDS, *(k for k in caption_keys() if k not in WORDS)]
 LAT_LON = ("latitude", "longitude")
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
