@@ -181,14 +181,7 @@ def add_audit_command(subparsers: Subparsers) -> argparse.ArgumentParser:
             "when nothing drifted, 2 when something did."
         ),
     )
-    parser.add_argument(
-        "--directory",
-        "-d",
-        type=Path,
-        default=Path(),
-        metavar="DIR",
-        help="the workflow's working directory (default: the current one)",
-    )
+    _directory_argument(parser)
     parser.add_argument(
         "--manifest",
         type=Path,
@@ -301,7 +294,7 @@ def add_captions_command(subparsers: Subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
+def _directory_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--directory",
         "-d",
@@ -310,6 +303,10 @@ def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the workflow's working directory (default: the current one)",
     )
+
+
+def _workflow_arguments(parser: argparse.ArgumentParser) -> None:
+    _directory_argument(parser)
     parser.add_argument(
         "--configfile",
         type=Path,

@@ -42,7 +42,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geolocsft.sft.tiny_model import KEYS, WORDS, synthetic_lines
+from geolocsft.sft.tiny_model import (
+    WORDS,
+    synthetic_lines,
+    tokenizer_corpus,
+    train_byte_level_bpe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,43 +109,19 @@ PATCH_SIZE = 16
 MM_TOKENS_PER_IMAGE = 16
 
 
-def gemma_tokenizer_corpus() -> list[str]:
-    """Text the byte-level BPE is trained on: words, role words, JSON punctuation and numbers."""
-    rng = random.Random(0)
-    words = [*WORDS, *ROLE_WORDS]
-    lines = [" ".join(words), " ".join(w.capitalize() for w in words), " ".join(KEYS)]
-    for _ in range(3000):
-        lat, lon = round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)
-        lines.append(json.dumps({"answer": {"coordinates": {"latitude": lat, "longitude": lon}}}))
-    lines.append("0123456789 -+.,:;{}[]()\"'_/ \n")
-    return lines
-
-
 def build_gemma_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE trained here, with Gemma's special tokens and chat template.
 
     It adds no ``<bos>`` by itself (the chat template and LLaMA-Factory's gemma3 template write
     it), so ``processor(text=chat_template_output)`` gives exactly the ids trained on.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tok = train_byte_level_bpe(
+        tokenizer_corpus([*WORDS, *ROLE_WORDS]),
+        vocab_size,
         special_tokens=BASE_SPECIAL_TOKENS,  # ids 0-3, as in Gemma
-        show_progress=False,
     )
-    tok.train_from_iterator(gemma_tokenizer_corpus(), trainer=trainer)
     tok.add_special_tokens([*TURN_TOKENS, *IMAGE_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

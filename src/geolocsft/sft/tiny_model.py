@@ -97,17 +97,41 @@ LAT_LON = ("latitude", "longitude")
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def tokenizer_corpus() -> list[str]:
+def tokenizer_corpus(words: list[str] = WORDS) -> list[str]:
     """Text the byte-level BPE is trained on: words, JSON punctuation and numbers."""
     import random
 
     rng = random.Random(0)
-    lines = [" ".join(WORDS), " ".join(w.capitalize() for w in WORDS), " ".join(KEYS)]
+    lines = [" ".join(words), " ".join(w.capitalize() for w in words), " ".join(KEYS)]
     for _ in range(3000):
         lat, lon = round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)
         lines.append(json.dumps({"answer": {"coordinates": {"latitude": lat, "longitude": lon}}}))
     lines.append("0123456789 -+.,:;{}[]()\"'_/ \n")
     return lines
+
+
+def train_byte_level_bpe(corpus: list[str], vocab_size: int, special_tokens: list[str]) -> Any:
+    """A ``tokenizers.Tokenizer`` trained on ``corpus``: digits one by one (coordinates are learnt
+    digit by digit), then byte-level like Qwen2 and Gemma; ``special_tokens`` take the first ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=special_tokens,
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
 
 
 def _qwen_chat_turn(rng: Any, user: str, answer: str) -> str:
@@ -255,26 +279,9 @@ def pretrain_text(
 
 
 def build_tokenizer(vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    # Digits one by one (coordinates are learnt digit by digit), then byte-level like Qwen2.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-        show_progress=False,
-    )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok = train_byte_level_bpe(tokenizer_corpus(), vocab_size, special_tokens=[])
     tok.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
