@@ -74,8 +74,12 @@ def test_manifest_lists_every_artifact_with_its_sha256_and_provenance(finished_r
     assert "sft.train" in record["code"]["modules"] and record["code"]["version"]
     for package in ("torch", "transformers", "llamafactory", "peft", "snakemake"):
         assert record["packages"][package]
-    dataset = "results/sft/geocaptions/geocaptions.json"
-    assert record["inputs"][dataset]["sha256"] == file_sha256(finished_run / dataset)
+    # The run trains on its own dataset folder: hard links to the dataset's files.
+    dataset = "results/train/tiny-demo/dataset"
+    assert record["inputs"][dataset] == artifact_digest(finished_run / dataset)
+    trained_on = finished_run / dataset / "geocaptions.json"
+    built = finished_run / "results/sft/geocaptions/geocaptions.json"
+    assert trained_on.stat().st_ino == built.stat().st_ino
     model = "results/models/tiny-qwen2vl"
     assert record["inputs"][model] == artifact_digest(finished_run / model)
     assert record["outputs"]["results/train/tiny-demo/adapter"]["kind"] == "directory"
