@@ -154,3 +154,28 @@ def test_report_summary_and_excluded_ids(tmp_path, photos) -> None:
     written = json.loads((tmp_path / "s.json").read_text())
     assert written["excluded_training_images"] == 1 and written["training_images"] == 2
     assert written["pairs"] == {"identical": 1, "near_duplicate": 0}
+
+
+def test_low_detail_hashes_are_never_near_duplicates_and_memory_stays_bounded() -> None:
+    """Sparse hashes (blank skies: a few bits set) lie within 4 bits of each other whatever the
+    photo: they are left out, and the band search checks candidates in bounded slices."""
+    rng = np.random.default_rng(1)
+    sparse = np.zeros(3000, dtype=np.uint64)
+    for i in range(sparse.size):
+        for bit in rng.integers(0, 64, size=2):
+            sparse[i] |= np.uint64(1) << np.uint64(bit)
+    detailed = rng.integers(1, 2**63, size=200, dtype=np.int64).astype(np.uint64)
+    train = np.concatenate([sparse, detailed])
+    evals = np.concatenate([sparse[:1000] ^ np.uint64(1), detailed[:20]])
+    t, e, d = near_duplicate_pairs(train, evals, 4, min_bits=8, limit=1000)
+    assert set(zip(t.tolist(), e.tolist(), strict=True)) == {
+        (3000 + i, 1000 + i) for i in range(20)
+    }
+    assert (d == 0).all()
+    # Without the floor every sparse pair within 4 bits is found, slice by slice, as by brute force.
+    t, e, _ = near_duplicate_pairs(train[:300], evals[:100], 4, min_bits=0, limit=1000)
+    brute = np.bitwise_count(train[:300, None] ^ evals[None, :100])
+    keep = (train[:300, None] != 0) & (evals[None, :100] != 0)
+    assert sorted(zip(t.tolist(), e.tolist(), strict=True)) == sorted(
+        (int(a), int(b)) for a, b in zip(*np.nonzero((brute <= 4) & keep), strict=True)
+    )
