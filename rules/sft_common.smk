@@ -21,6 +21,7 @@ RUN_DATASETS_TO_MAKE = [
     or not Path(f"results/train/{n}/dataset/{_SNAPSHOT_MARKER}").is_file()
 ]
 
+
 def model_dir(run):
     """The folder of a run's base model: built, downloaded, or the user's own."""
     family = tiny_family(run["model"])
