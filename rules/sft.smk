@@ -14,6 +14,7 @@ include: "sft_common.smk"
 
 localrules:
     download_model,
+    sft_run_dataset,  # hard links only: not worth a cluster job
 
 
 rule sft_media:

@@ -120,7 +120,8 @@ def _by_comment(jobs: dict[str, dict], prefix: str) -> list[dict]:
 def test_every_cluster_job_went_through_sbatch_and_completed(slurm_run, slurm_cluster):
     workdir, _log, jobs = slurm_run
     # Three groups (ingest, baselines, evaluate) and five single jobs; the network rule
-    # geocaption, the audit manifest and the target `all` are local rules and never reach SLURM.
+    # geocaption, the run's dataset folder (hard links), the audit manifest and the target `all`
+    # are local rules and never reach SLURM.
     comments = sorted(job["Comment"] for job in jobs.values())
     assert len(comments) == 8, comments
     for prefix in (
@@ -135,7 +136,8 @@ def test_every_cluster_job_went_through_sbatch_and_completed(slurm_run, slurm_cl
     ):
         assert len(_by_comment(jobs, prefix)) == 1, (prefix, comments)
     assert not any(
-        c.startswith(("rule_geocaption", "rule_audit_manifest", "rule_all")) for c in comments
+        c.startswith(("rule_geocaption", "rule_sft_run_dataset", "rule_audit_manifest", "rule_all"))
+        for c in comments
     )
     controller_log = (slurm_cluster / "log" / "slurmctld.log").read_text()
     for job_id, job in jobs.items():
@@ -193,12 +195,13 @@ def test_sharded_stages_run_as_separate_slurm_jobs(slurm_cluster: Path, tmp_path
             "profiles/slurm",
             "--profile",
             "profiles/slurm-ci",
-            "--configfile",
-            "config/parts.yaml",
+            # targets before --configfile, which takes every argument after it
             "results/manifest.parquet",
             "results/sft/geocaptions/dataset_info.json",
             "results/baselines/features/corpus.parquet",
             "results/train/tiny-demo/token_lengths.json",
+            "--configfile",
+            "config/parts.yaml",
         ],
         cwd=workdir,
         env=_clean_env(),
