@@ -158,15 +158,13 @@ def informative(hashes: npt.NDArray[np.uint64], min_bits: int) -> npt.NDArray[np
 
 def _slices(candidates: npt.NDArray[np.int64], limit: int) -> list[tuple[int, int]]:
     """Consecutive [start, stop) ranges whose candidate counts sum to at most ``limit`` (a
-    single row above it is a range of its own)."""
-    ranges, start, total = [], 0, 0
-    for i, count in enumerate(candidates.tolist()):
-        if total and total + count > limit:
-            ranges.append((start, i))
-            start, total = i, 0
-        total += count
-    if start < candidates.size:
-        ranges.append((start, candidates.size))
+    single row above it is a range of its own); one search per range, not a loop per row."""
+    totals = np.cumsum(candidates)
+    ranges, start, before = [], 0, 0
+    while start < candidates.size:
+        stop = max(int(np.searchsorted(totals, before + limit, side="right")), start + 1)
+        ranges.append((start, stop))
+        start, before = stop, int(totals[stop - 1])
     return ranges
 
 
