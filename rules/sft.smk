@@ -34,6 +34,7 @@ rule sft_media:
         part=r"\d+",
     conda:
         "../envs/captions.yaml"
+    threads: 2
     params:
         settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],
         parts=PARTS,
@@ -73,6 +74,7 @@ rule sft_dataset:
         "results/runtime/sft/dataset-{sft_dataset}.tsv"
     conda:
         "../envs/captions.yaml"
+    threads: 2
     params:
         captioner=CAPTIONER,
         settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],

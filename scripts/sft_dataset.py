@@ -23,6 +23,7 @@ def main(smk) -> None:
         out_dir=Path(smk.output.info).parent,
         memo_dir=Path(smk.params.memo_dir),
         excluded_ids=excluded_ids(Path(smk.input.excluded)),
+        workers=smk.threads,
         prepared=pl.concat([pl.read_parquet(p) for p in parts]) if parts else None,
     )
 

@@ -26,7 +26,7 @@ def main(smk) -> None:
     )
     part, parts = int(smk.wildcards.part), int(smk.params.parts)
     images = images_of_part(selection.images, part, parts)
-    prepared, _ = prepare_media(images, settings, Path(smk.params.memo_dir))
+    prepared, _ = prepare_media(images, settings, Path(smk.params.memo_dir), workers=smk.threads)
     prepared.write_parquet(smk.output.part)
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,6 +32,7 @@ from geolocsft.errors import BadImageError, GeolocsftError
 from geolocsft.images import open_upright_rgb
 from geolocsft.layout import part_of
 from geolocsft.memo import ItemTable, memo_version
+from geolocsft.parallel import map_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,29 @@ class FeatureSettings:
         return self.histogram_bins**3 + self.thumbnail_px**2
 
 
+#: The features look at a small version of the photo: a JPEG is decoded at a reduced DCT scale
+#: (1/2 to 1/8) that keeps both sides at least FEATURE_DRAFT_PX, then any photo is reduced by an
+#: integer box filter to a long side of at most FEATURE_MAX_SIDE_PX.
+FEATURE_DRAFT_PX = 96
+FEATURE_MAX_SIDE_PX = 256
+
+
 def image_features(path: Path, settings: FeatureSettings) -> npt.NDArray[np.float32]:
     """A joint RGB colour histogram plus a tiny greyscale thumbnail, each L2-normalised."""
     from PIL import Image
 
     try:
-        rgb = open_upright_rgb(path)
+        rgb = open_upright_rgb(path, draft_px=FEATURE_DRAFT_PX)
     except BadImageError as exc:
         raise BadImageError(f"{exc} (kNN features)") from exc
-    rgb.thumbnail((256, 256))
-    pixels = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+    factor = -(-max(rgb.size) // FEATURE_MAX_SIDE_PX)
+    if factor > 1:
+        rgb = rgb.reduce(factor)
     bins = settings.histogram_bins
-    codes = (pixels.astype(np.int64) * bins // 256) @ np.array([bins * bins, bins, 1])
-    histogram = np.bincount(codes, minlength=bins**3).astype(np.float64)
+    level = np.arange(256, dtype=np.int32) * bins // 256
+    pixels = level[np.asarray(rgb, dtype=np.uint8)]
+    codes = (pixels[..., 0] * bins + pixels[..., 1]) * bins + pixels[..., 2]
+    histogram = np.bincount(codes.ravel(), minlength=bins**3).astype(np.float64)
     side = settings.thumbnail_px
     thumb = np.asarray(rgb.convert("L").resize((side, side), Image.Resampling.BOX), np.float64)
     thumb = thumb.ravel() - thumb.mean()
@@ -83,18 +94,21 @@ def _empty(settings: FeatureSettings, key: str) -> pl.DataFrame:
 def _compute(paths: Sequence[str], settings: FeatureSettings, workers: int) -> np.ndarray:
     if not paths:
         return np.empty((0, settings.width), np.float32)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        vectors = list(
-            tqdm(
-                pool.map(lambda p: image_features(Path(p), settings), paths),
-                total=len(paths),
-                desc="image features",
-                unit="img",
-                mininterval=2.0,
-                disable=None,
-            )
+    vectors = list(
+        tqdm(
+            map_in_processes(partial(_features_of_file, settings=settings), list(paths), workers),
+            total=len(paths),
+            desc="image features",
+            unit="img",
+            mininterval=2.0,
+            disable=None,
         )
+    )
     return np.stack(vectors)
+
+
+def _features_of_file(path: str, settings: FeatureSettings) -> npt.NDArray[np.float32]:
+    return image_features(Path(path), settings)
 
 
 def compute_features(

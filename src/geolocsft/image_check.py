@@ -27,8 +27,8 @@ import os
 import re
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from tqdm import tqdm
 from geolocsft.codegraph import module_code_version
 from geolocsft.images import HIGH_BIT_DEPTH_MODES, to_rgb8
 from geolocsft.memo import ItemTable, memo_version
+from geolocsft.parallel import map_in_processes
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -189,6 +190,10 @@ def inspect_image(path: Path, limits: CheckLimits) -> dict[str, Any]:
     return facts
 
 
+def _inspect_file(file: str, limits: CheckLimits) -> dict[str, Any]:
+    return inspect_image(Path(file), limits)
+
+
 def checks_memo(root: Path, limits: CheckLimits) -> ItemTable:
     """The memo of image checks under the limits (and this module's code) in force."""
     version = memo_version(
@@ -211,7 +216,7 @@ def check_images(
     memo key or null, ``mtime_ns``), appended as the columns of :data:`FACTS_SCHEMA`, in order,
     and ``checked_now`` (whether the file was read in this call, not answered by the memo).
 
-    Rows whose key is in the memo are not read; the others are checked in ``workers`` threads
+    Rows whose key is in the memo are not read; the others are checked in ``workers`` processes
     and stored (every :data:`_FLUSH_EVERY` results, so a killed job keeps what it did).
     """
     from PIL import Image
@@ -240,18 +245,15 @@ def check_images(
         return joined.with_columns(pl.lit(False).alias("checked_now"))
     racy_after = time.time_ns() - int(UNSETTLED_SECONDS * 1e9)
     done: list[pl.DataFrame] = []
-    with (
-        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(todo), desc=desc, unit="img", mininterval=2.0, disable=None) as bar,
-    ):
+    inspect = partial(_inspect_file, limits=limits)
+    with tqdm(total=len(todo), desc=desc, unit="img", mininterval=2.0, disable=None) as bar:
         # A chunk at a time: a million images never become a million futures or dicts at once,
         # and a killed job keeps the chunks it stored.
         for start in range(0, len(todo), _FLUSH_EVERY):
             rows = todo[start : start + _FLUSH_EVERY]
             facts = []
-            for item in pool.map(
-                lambda p: inspect_image(Path(p), limits), joined["file"].gather(rows).to_list()
-            ):
+            files = joined["file"].gather(rows).to_list()
+            for item in map_in_processes(inspect, files, max(1, workers)):
                 facts.append(item)
                 bar.update()
             chunk = pl.DataFrame(facts, schema=FACTS_SCHEMA)

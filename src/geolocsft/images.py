@@ -68,11 +68,14 @@ def to_rgb8(image: Image) -> Image:
     return image.convert("RGB")
 
 
-def open_upright_rgb(path: Path) -> Image:
+def open_upright_rgb(path: Path, draft_px: int | None = None) -> Image:
     """A photo as 8-bit RGB, turned upright by its EXIF orientation.
 
-    Pillow's own pixel limit is lifted: the stages read only images that ingest accepted under
-    ``ingest.max_image_pixels``, which may be set above Pillow's default.
+    ``draft_px``: a JPEG may be decoded at a reduced scale (1/2, 1/4 or 1/8, libjpeg's DCT
+    scaling) as long as both sides stay at least this many pixels; for work that looks at a
+    small version of the photo only. Pillow's own pixel limit is lifted: the stages read only
+    images that ingest accepted under ``ingest.max_image_pixels``, which may be set above
+    Pillow's default.
     """
     from PIL import Image as PILImage
     from PIL import ImageOps
@@ -80,7 +83,11 @@ def open_upright_rgb(path: Path) -> Image:
     PILImage.MAX_IMAGE_PIXELS = None
     try:
         with PILImage.open(path) as opened:
-            return to_rgb8(ImageOps.exif_transpose(opened))
+            if draft_px is not None:
+                opened.draft("RGB", (draft_px, draft_px))
+            # Loads the pixels and turns them in place: no copy of an already upright photo.
+            ImageOps.exif_transpose(opened, in_place=True)
+            return opened if opened.mode == "RGB" else to_rgb8(opened)
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"{path}: cannot decode the image: {exc}") from exc
 
@@ -89,8 +96,9 @@ def shrink(image: Image, max_side: int, max_pixels: int | None) -> Image:
     """``image`` with its longest side at most ``max_side`` and at most ``max_pixels`` pixels."""
     from PIL import Image as PILImage
 
-    image = image.copy()
-    image.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
     pixels = image.width * image.height
     if max_pixels is not None and pixels > max_pixels:
         scale = (max_pixels / pixels) ** 0.5

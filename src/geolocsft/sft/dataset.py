@@ -37,8 +37,8 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -55,6 +55,7 @@ from geolocsft.images import ImagePreparation, prepared_jpeg
 from geolocsft.io import atomic_write_json
 from geolocsft.layout import item_relpath, part_of
 from geolocsft.memo import BlobStore, ItemTable, memo_version
+from geolocsft.parallel import map_in_processes
 from geolocsft.splits import in_fraction
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,11 @@ def prepare_media(
     settings: DatasetSettings,
     memo_dir: Path,
     progress: bool = True,
+    workers: int | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """The prepared JPEG of every image, in the memo: ``(image_id, media_sha256)`` per image
-    and how many were prepared now (the others were in the memo already)."""
+    and how many were prepared now (the others were in the memo already), in ``workers``
+    processes (default: one per CPU core)."""
     table = ItemTable(memo_dir, "sft_media", media_memo_version(settings))
     blobs = BlobStore(memo_dir)
     keys = sorted({image.sha256 for image in images})
@@ -236,23 +239,25 @@ def prepare_media(
     for image in images:
         if image.sha256 not in known:
             todo.setdefault(image.sha256, image)
-    preparation = image_preparation(settings)
-
-    def prepare(image: SourceImage) -> str:
-        return blobs.put(prepared_jpeg(image.path, preparation))
-
     if todo:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            jobs = {key: pool.submit(prepare, image) for key, image in todo.items()}
-            made = {}
-            for key, job in tqdm(
-                jobs.items(),
-                desc="dataset images",
-                unit="img",
-                mininterval=2.0,
-                disable=not progress or None,
-            ):
-                made[key] = job.result()
+        prepare = partial(_prepare_into_store, preparation=image_preparation(settings), blobs=blobs)
+        digests = map_in_processes(
+            prepare, [image.path for image in todo.values()], workers or os.cpu_count() or 1
+        )
+        made = dict(
+            zip(
+                todo,
+                tqdm(
+                    digests,
+                    total=len(todo),
+                    desc="dataset images",
+                    unit="img",
+                    mininterval=2.0,
+                    disable=not progress or None,
+                ),
+                strict=True,
+            )
+        )
         table.add(
             pl.DataFrame(
                 {"key": list(made), "media_sha256": list(made.values())},
@@ -269,6 +274,11 @@ def prepare_media(
     )
     log.info("dataset media: %d prepared, %d from the memo", len(todo), len(images) - len(todo))
     return frame, len(todo)
+
+
+def _prepare_into_store(path: Path, preparation: ImagePreparation, blobs: BlobStore) -> str:
+    """Prepare one original photo as a media file, store it; its sha256."""
+    return blobs.put(prepared_jpeg(path, preparation))
 
 
 def images_of_part(images: Sequence[SourceImage], part: int, parts: int) -> list[SourceImage]:
@@ -288,11 +298,13 @@ def build_dataset(
     excluded_ids: frozenset[str] = frozenset(),
     prepared: pl.DataFrame | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write the dataset files into ``out_dir``; return the statistics (also in stats.json).
 
     ``prepared``: the ``(image_id, media_sha256)`` tables of the part jobs, when the media were
-    prepared by them (``scale_out.parts > 1``); otherwise they are prepared here.
+    prepared by them (``scale_out.parts > 1``); otherwise they are prepared here, in ``workers``
+    processes.
     """
     selection = select_images(manifest, caption_index, settings, excluded_ids)
     if not selection.images:
@@ -315,7 +327,7 @@ def build_dataset(
         samples.append((image, sample, held_out))
 
     if prepared is None:
-        prepared, _ = prepare_media(selection.images, settings, memo_dir, progress)
+        prepared, _ = prepare_media(selection.images, settings, memo_dir, progress, workers)
     media = _media_of(selection.images, prepared, settings.name)
     blobs = BlobStore(memo_dir)
     for image in selection.images:

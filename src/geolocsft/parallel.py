@@ -1,0 +1,52 @@
+"""Per-item CPU work in worker processes: the image stages' one way to use every core.
+
+Threads do not scale this work: Pillow's JPEG encoder and numpy's small-array operations hold
+the GIL, so two threads on two cores encoded images no faster than one (BENCHMARKS.md,
+"incremental"). :func:`map_in_processes` maps a module-level function over the items in forked
+worker processes, in order, a chunk of items per task.
+
+The workers are forked, not spawned: a Snakemake ``script:`` job's ``__main__`` is the job
+itself, which a spawned worker would import and run again. The functions run in the workers
+touch only files, Pillow, numpy and hashlib (never polars, whose threads exist in the parent),
+so the parent's threads do not matter to them. A worker that dies (killed for memory) fails the
+map with :class:`concurrent.futures.process.BrokenProcessPool` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+#: Below this many items, starting workers costs more than it saves: they run in this process.
+MIN_ITEMS_FOR_WORKERS = 64
+#: Items per task sent to a worker: large enough to amortise the pickling, small enough that
+#: the workers finish together.
+MAX_CHUNK = 256
+
+
+def map_in_processes(
+    function: Callable[[Item], Result], items: Sequence[Item], workers: int
+) -> Iterator[Result]:
+    """``function(item)`` of every item, in order, computed in ``workers`` processes.
+
+    ``function`` must be picklable by reference (a module-level function, or a
+    :func:`functools.partial` of one). With ``workers <= 1`` or fewer than
+    :data:`MIN_ITEMS_FOR_WORKERS` items it runs here. An exception raised for an item is raised
+    by the iterator when that item's result is reached.
+    """
+    if workers <= 1 or len(items) < MIN_ITEMS_FOR_WORKERS:
+        yield from map(function, items)
+        return
+    chunk = max(1, min(MAX_CHUNK, len(items) // (workers * 8)))
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        yield from pool.map(function, items, chunksize=chunk)
+    finally:
+        # After a failure (or when the caller stops early) the chunks not started are dropped.
+        pool.shutdown(wait=True, cancel_futures=True)
