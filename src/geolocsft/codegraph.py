@@ -132,36 +132,42 @@ def import_graph(src_dir: Path | None = None) -> dict[str, set[str]]:
 
 
 @functools.cache
-def _cached_graph(src_dir: Path | None) -> dict[str, frozenset[str]]:
-    return {name: frozenset(imports) for name, imports in import_graph(src_dir).items()}
+def _known_modules(src_dir: Path | None) -> frozenset[str]:
+    return frozenset(package_modules(src_dir))
+
+
+@functools.cache
+def _imports_of(name: str, src_dir: Path | None) -> frozenset[str]:
+    """The package modules ``name`` imports directly, read once per process (only the modules
+    a lookup reaches are parsed: a job asking for one module's code version reads a few files,
+    not the whole package)."""
+    known = set(_known_modules(src_dir))
+    source = module_source(name, src_dir).read_text(encoding="utf-8")
+    return frozenset(imported_modules(source, None if name == ROOT else name, known) - {name})
+
+
+def _reachable(start: Iterable[str], src_dir: Path | None) -> list[str]:
+    todo, seen = list(start), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_imports_of(name, src_dir) - seen)
+    return sorted(seen)
 
 
 def modules_used_by_script(script: Path, src_dir: Path | None = None) -> list[str]:
     """Every package module a script runs: its imports and, transitively, theirs.
 
-    The package's graph is read once per process (a workflow parse computes many of these).
+    Each module is read at most once per process (a workflow parse computes many of these).
     """
-    graph = _cached_graph(src_dir)
-    todo = list(imported_modules(script.read_text(encoding="utf-8"), None, set(graph)))
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(graph[name] - seen)
-    return sorted(seen)
+    known = set(_known_modules(src_dir))
+    return _reachable(imported_modules(script.read_text(encoding="utf-8"), None, known), src_dir)
 
 
 def modules_used_by_module(module: str, src_dir: Path | None = None) -> list[str]:
     """A package module and every package module it imports, transitively."""
-    graph = _cached_graph(src_dir)
-    todo, seen = [module], set()
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(graph[name] - seen)
-    return sorted(seen)
+    return _reachable([module], src_dir)
 
 
 def module_code_version(module: str, src_dir: Path | None = None) -> str:
