@@ -15,6 +15,7 @@ from geolocsft.captions.schema import GeoCaption
 from geolocsft.errors import GeolocsftError
 from geolocsft.io import file_sha256
 from geolocsft.layout import shard_of
+from geolocsft.parallel import MIN_ITEMS_FOR_WORKERS
 from geolocsft.settings import configured
 from geolocsft.sft.dataset import (
     DatasetSettings,
@@ -229,3 +230,32 @@ def test_targets_carry_the_true_coordinates():
     no_reasoning = caption.model_copy(update={"thinking": None})
     with pytest.raises(GeolocsftError, match="no reasoning"):
         assistant_text(no_reasoning, "full", 1.5, -2.25, "x")
+
+
+def test_a_large_dataset_is_the_same_built_in_worker_processes_and_a_bad_caption_is_named(
+    tmp_path,
+):
+    """With enough images, captions are read and media prepared in worker processes."""
+    count = MIN_ITEMS_FOR_WORKERS + 6
+    ids = [f"img{i:03d}" for i in range(count)]
+    images = {i: write_photo(tmp_path / "images" / f"{i}.jpg", seed=n) for n, i in enumerate(ids)}
+    captions = tmp_path / "captions"
+    for image_id in ids:
+        caption_file(captions, image_id, 1.0, 1.0, thinking=True)
+    manifest, index = manifest_of(images), index_of(ids)
+    settings = configured(DatasetSettings, name="geo", target="full", image_max_side=64)
+
+    def made(out: str, workers: int) -> Path:
+        build_dataset(
+            manifest, index, captions, "Where?\n", settings, tmp_path / out,
+            memo_dir=tmp_path / f"memo-{out}", progress=False, workers=workers,
+        )  # fmt: skip
+        return tmp_path / out
+
+    here, there = made("one-process", 1), made("workers", 2)
+    for name in ("geo.json", "media_sha256.parquet", "stats.json"):
+        assert (here / name).read_bytes() == (there / name).read_bytes()
+    assert len(json.loads((there / "geo.json").read_text())) == count
+    (captions / "img042.json").write_text('{"image_id": "img042", "caption": {"answer": 1}}')
+    with pytest.raises(GeolocsftError, match=r"img042\.json: not a readable geo-caption file"):
+        made("broken", 2)

@@ -95,27 +95,54 @@ class FileHashes:
 
     def __init__(self, table: ItemTable | None) -> None:
         self.table = table
-        self.known: dict[str, str] | None = None
-        self.new: dict[str, str] = {}
+        self.known: dict[str, str] = {}  # looked up in the memo by this job
+        self.new: dict[str, str] = {}  # hashed by this job, not yet saved
+        self._asked: set[str] = set()  # keys looked up (found or not)
 
     @classmethod
     def in_memo(cls, memo_dir: Path) -> FileHashes:
         return cls(ItemTable(memo_dir, "file-sha256", "v1"))
 
-    def _load(self) -> dict[str, str]:
-        if self.known is None:
-            stored = self.table.load() if self.table is not None else None
-            self.known = dict(stored.iter_rows()) if stored is not None else {}
-        return self.known
+    @staticmethod
+    def _key(stat: os.stat_result) -> str:
+        return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+    def look_up(self, stats: Iterable[os.stat_result]) -> None:
+        """Fetch the remembered hashes of these files in one query (the memo holds every file
+        version ever hashed: a job reads the keys it needs, never the whole table)."""
+        if self.table is None:
+            return
+        keys = {self._key(stat) for stat in stats}
+        keys -= self._asked | self.known.keys() | self.new.keys()
+        if not keys:
+            return
+        self._asked |= keys
+        found = self.table.load(sorted(keys))
+        if found is not None:
+            self.known.update(zip(found["key"], found["sha256"], strict=True))
+
+    def look_up_paths(self, paths: Iterable[Path]) -> None:
+        """:meth:`look_up` of the plain files among ``paths`` (folders look up their own)."""
+        stats = []
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if not path.is_dir():
+                stats.append(stat)
+        self.look_up(stats)
 
     def sha256(self, path: Path, stat: os.stat_result | None = None) -> str:
         """The file's sha256 (``stat``: its ``os.stat`` result, when the caller has it)."""
         if self.table is None:
             return file_sha256(path)
         stat = stat or path.stat()
-        key = f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
-        known = self._load()
-        found = known.get(key) or self.new.get(key)
+        key = self._key(stat)
+        found = self.known.get(key) or self.new.get(key)
+        if found is None and key not in self._asked:
+            self.look_up([stat])
+            found = self.known.get(key)
         if found is None:
             found = self.new[key] = file_sha256(path)
         return found
@@ -129,7 +156,7 @@ class FileHashes:
                     schema={"key": pl.String, "sha256": pl.String},
                 )
             )
-            self._load().update(self.new)
+            self.known.update(self.new)
             self.new = {}
 
 
@@ -158,6 +185,7 @@ def artifact_digest(path: Path, hashes: FileHashes | None = None) -> dict[str, A
     if path.is_dir():
         digest = hashlib.sha256()
         tree = _files_in_tree(path)
+        hashes.look_up(stat for _, stat in tree)
         for relative, stat in tree:
             file_digest = hashes.sha256(path / relative, stat)
             digest.update(f"{relative}\0{file_digest}\n".encode())
@@ -237,6 +265,8 @@ def job_record(
     recorded: dict[str, Any] = to_jsonable(dict(params))
     code = recorded.pop("code", None)
     modules, code_digest = split_code_version(code) if isinstance(code, str) else ([], None)
+    if hashes is not None:
+        hashes.look_up_paths(Path(p) for p in [*inputs, *outputs])
     input_digests = {}
     for path in dict.fromkeys(inputs):
         try:
@@ -267,12 +297,19 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Every artifact of the given provenance records, with its sha256 as it is now."""
     artifacts: dict[str, Any] = {}
-    for record_path in tqdm(
-        sorted(record_paths), desc="hashing artifacts", unit="job", mininterval=2.0, disable=None
-    ):
+    records = {}
+    for record_path in sorted(record_paths):
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("schema") != PROVENANCE_SCHEMA:
             raise GeolocsftError(f"{record_path}: not a {PROVENANCE_SCHEMA} record")
+        records[record_path] = record
+    if hashes is not None:
+        hashes.look_up_paths(
+            [*records, *(Path(path) for record in records.values() for path in record["outputs"])]
+        )
+    for record_path, record in tqdm(
+        records.items(), desc="hashing artifacts", unit="job", mininterval=2.0, disable=None
+    ):
         for path, recorded in record["outputs"].items():
             now = artifact_digest(Path(path), hashes)
             if now["sha256"] != recorded["sha256"]:
@@ -381,6 +418,8 @@ def audit(
     # Snakemake's own view: params (config subset and code version), input set, rule code.
     snakemake_drift = snakemake_status(workdir, snakemake_args) if check_snakemake else {}
     findings = []
+    if hashes is not None:
+        hashes.look_up_paths(workdir / path for path in manifest["artifacts"])
     for path, entry in manifest["artifacts"].items():
         rule = entry["rule"]
         target = workdir / path

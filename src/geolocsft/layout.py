@@ -31,4 +31,7 @@ def item_path(folder: Path, image_id: str, suffix: str) -> Path:
 
 def item_relpath(image_id: str, suffix: str) -> str:
     """The same path relative to its folder, with ``/`` (for tables and dataset JSON)."""
-    return str(PurePosixPath(shard_of(image_id)) / f"{image_id}{suffix}")
+    name = f"{image_id}{suffix}"
+    if "/" in name:  # an id from a nested folder: its path is normalised
+        return str(PurePosixPath(shard_of(image_id)) / name)
+    return f"{shard_of(image_id)}/{name}"  # the same string, without pathlib (called per image)

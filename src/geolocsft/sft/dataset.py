@@ -137,6 +137,12 @@ def _answer_json(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
+def _assistant_text_of_file(caption_file: tuple[str, float, float], target: Target) -> str:
+    """:func:`assistant_text` of a caption file (path, true lat, true lon)."""
+    path, lat, lon = caption_file
+    return assistant_text(read_geocaption(Path(path)), target, lat, lon, path)
+
+
 def image_preparation(settings: DatasetSettings) -> ImagePreparation:
     """How the dataset's photos are prepared: also what prediction applies (same pixels)."""
     return ImagePreparation(
@@ -321,16 +327,21 @@ def build_dataset(
         if "caption_path" in caption_index.columns
         else {}
     )
+
+    def caption_file_of(image_id: str) -> str:
+        relpath = indexed.get(image_id)
+        return str(captions_dir / relpath if relpath else find_caption_file(captions_dir, image_id))
+
+    # Reading and validating every caption is the O(N) part of a rebuild: in worker processes.
+    texts = map_in_processes(
+        partial(_assistant_text_of_file, target=settings.target),
+        [(caption_file_of(image.image_id), image.lat, image.lon) for image in selection.images],
+        workers or os.cpu_count() or 1,
+    )
     user_turn = {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"}
     samples: list[tuple[SourceImage, dict[str, Any], bool]] = []
     media_paths: dict[str, str] = {}
-    for image in selection.images:
-        relpath = indexed.get(image.image_id)
-        path = (
-            captions_dir / relpath if relpath else find_caption_file(captions_dir, image.image_id)
-        )
-        caption = read_geocaption(path)
-        text = assistant_text(caption, settings.target, image.lat, image.lon, str(path))
+    for image, text in zip(selection.images, texts, strict=True):
         media_paths[image.image_id] = media_relpath(image.image_id)
         sample = {
             "conversations": [user_turn, {"role": "assistant", "content": text}],
