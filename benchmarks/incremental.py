@@ -113,9 +113,12 @@ def snakemake(workdir: Path, *args: str) -> float:
     return wall
 
 
-def job_times(workdir: Path, since: float = 0.0) -> dict[str, tuple[float, float]]:
-    """Rule log name -> (seconds, peak RSS MB) from the rules' benchmark: files written after
-    ``since`` (a time.time(); the files of jobs that did not run again are older)."""
+def job_times(workdir: Path, since: float = 0.0) -> dict[str, tuple[float, float, float]]:
+    """Rule log name -> (seconds, peak RSS MB, peak PSS MB) from the rules' benchmark: files
+    written after ``since`` (a time.time(); the files of jobs that did not run again are older).
+
+    Snakemake sums the RSS of a job's processes, so a job with forked worker processes counts
+    the pages they share with it once per process; PSS divides shared pages among them."""
     found = {}
     for tsv in sorted((workdir / "results" / "runtime").rglob("*.tsv")):
         if tsv.stat().st_mtime < since:
@@ -124,7 +127,10 @@ def job_times(workdir: Path, since: float = 0.0) -> dict[str, tuple[float, float
             row = next(csv.DictReader(handle, delimiter="\t"))
         found[str(tsv.relative_to(workdir / "results" / "runtime"))] = (
             float(row["s"]),
-            float(row["max_rss"]) if row["max_rss"] not in ("", "NA") else float("nan"),
+            *(
+                float(row[column]) if row.get(column) not in (None, "", "NA") else float("nan")
+                for column in ("max_rss", "max_pss")
+            ),
         )
     return found
 
@@ -220,10 +226,11 @@ def print_report(report: dict[str, object]) -> None:
         in_threads = f" (thread pool: {threads_s[name]:.1f})" if name in threads_s else ""
         print(f"| floor: {name} | {seconds:.1f}{in_threads} |")
     print(f"| full run / sum of floors | {full / sum(floors_s.values()):.2f}x |")
-    print("\n| job (add rerun) | seconds | peak RSS MB |\n|---|---:|---:|")
-    rerun_jobs: dict[str, tuple[float, float]] = report["rerun_jobs"]  # type: ignore[assignment]
-    for name, (seconds, rss) in sorted(rerun_jobs.items(), key=lambda kv: -kv[1][0]):
-        print(f"| {name} | {seconds:.1f} | {rss:.0f} |")
+    for title, key in (("full run", "full_jobs"), (f"add {add}, rerun", "rerun_jobs")):
+        print(f"\n| job ({title}) | seconds | peak RSS MB | peak PSS MB |\n|---|---:|---:|---:|")
+        jobs: dict[str, tuple[float, float, float]] = report[key]  # type: ignore[assignment]
+        for name, (seconds, rss, pss) in sorted(jobs.items(), key=lambda kv: -kv[1][0]):
+            print(f"| {name} | {seconds:.1f} | {rss:.0f} | {pss:.0f} |")
     print(flush=True)
 
 
