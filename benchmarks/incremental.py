@@ -48,15 +48,17 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "src", "config", "envs", "rep
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
-def make_images(folder: Path, start: int, count: int, seed: int = 0) -> list[dict[str, object]]:
-    """``count`` distinct 320x240 JPEGs named img<i>.jpg and their metadata rows."""
+def make_images(
+    folder: Path, start: int, count: int, seed: int = 0, size: tuple[int, int] = (320, 240)
+) -> list[dict[str, object]]:
+    """``count`` distinct JPEGs of ``size`` (width, height) named img<i>.jpg and their rows."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
 
     def one(i: int) -> dict[str, object]:
         rng = np.random.default_rng(seed + i)
         base = rng.integers(0, 255, (3,), dtype=np.uint8)
-        noise = rng.integers(0, 40, (240, 320, 3), dtype=np.uint8)
+        noise = rng.integers(0, 40, (size[1], size[0], 3), dtype=np.uint8)
         Image.fromarray((base + noise).astype(np.uint8)).save(folder / f"img{i}.jpg", quality=85)
         lat = float(np.degrees(np.arcsin(rng.uniform(-1, 1))))
         return {
@@ -174,19 +176,21 @@ def floors(images: Path, count: int, pool: str) -> dict[str, float]:
     return result
 
 
-def run_size(size: int, add: int, root: Path) -> dict[str, object]:
+def run_size(
+    size: int, add: int, root: Path, image_size: tuple[int, int] = (320, 240)
+) -> dict[str, object]:
     data = root / f"data-{size}"
     images = data / "images"
     table = data / "metadata.csv"
     started = time.perf_counter()
-    write_table(table, make_images(images, 0, size), append=False)
+    write_table(table, make_images(images, 0, size, size=image_size), append=False)
     print(f"[{size}] made {size} images in {time.perf_counter() - started:.0f} s", flush=True)
     workdir = workflow_copy(root / f"wf-{size}", images, table)
     startup = min(snakemake(workdir, "--version") for _ in range(2))
     full = snakemake(workdir)
     full_jobs = job_times(workdir)
     noop = snakemake(workdir, "-n")
-    write_table(table, make_images(images, size, add, seed=10**7), append=True)
+    write_table(table, make_images(images, size, add, seed=10**7, size=image_size), append=True)
     rerun_started = time.time()
     rerun = snakemake(workdir)
     rerun_jobs = job_times(workdir, since=rerun_started)
@@ -238,6 +242,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--add", type=int, default=100)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=[320, 240],
+        metavar=("WIDTH", "HEIGHT"),
+        help="of the synthetic JPEGs (e.g. 48 36 for a million-image run of the DAG's memory)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -246,7 +258,7 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; in {root}"
     )
-    reports = [run_size(size, args.add, root) for size in args.sizes]
+    reports = [run_size(size, args.add, root, tuple(args.image_size)) for size in args.sizes]
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1, default=str))
 
