@@ -73,8 +73,7 @@ def test_features_from_worker_processes_equal_those_computed_here(photos):
 
 def test_media_from_worker_processes_are_byte_identical(photos, tmp_path):
     images = [
-        SourceImage(p.stem, p, hashlib.sha256(p.read_bytes()).hexdigest(), 0.0, 0.0)
-        for p in photos
+        SourceImage(p.stem, p, hashlib.sha256(p.read_bytes()).hexdigest(), 0.0, 0.0) for p in photos
     ]
     settings = configured(DatasetSettings, name="geo", image_max_side=128)
     here, made_here = prepare_media(images, settings, tmp_path / "one", False, workers=1)
