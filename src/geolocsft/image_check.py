@@ -252,8 +252,8 @@ def check_images(
         for start in range(0, len(todo), _FLUSH_EVERY):
             rows = todo[start : start + _FLUSH_EVERY]
             facts = []
-            files = joined["file"].gather(rows).to_list()
-            for item in map_in_processes(inspect, files, max(1, workers)):
+            chunk_files = joined["file"].gather(rows).to_list()
+            for item in map_in_processes(inspect, chunk_files, max(1, workers)):
                 facts.append(item)
                 bar.update()
             chunk = pl.DataFrame(facts, schema=FACTS_SCHEMA)
