@@ -13,7 +13,7 @@ from PIL import Image
 from geolocsft.answers import parse_answer
 from geolocsft.captions.schema import GeoCaption
 from geolocsft.errors import GeolocsftError
-from geolocsft.io import file_sha256
+from geolocsft.io import file_sha256, json_bytes
 from geolocsft.layout import shard_of
 from geolocsft.parallel import MIN_ITEMS_FOR_WORKERS
 from geolocsft.settings import configured
@@ -24,6 +24,7 @@ from geolocsft.sft.dataset import (
     images_of_part,
     prepare_media,
     select_images,
+    write_samples,
 )
 from geolocsft.testing.standin import caption_for
 
@@ -259,3 +260,21 @@ def test_a_large_dataset_is_the_same_built_in_worker_processes_and_a_bad_caption
     (captions / "img042.json").write_text('{"image_id": "img042", "caption": {"answer": 1}}')
     with pytest.raises(GeolocsftError, match=r"img042\.json: not a readable geo-caption file"):
         made("broken", 2)
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", "ünïcødé 漢字 😀", 'quo"te \\ back', "new\nline\ttab\r", "\x00\x1f", "\u2028"]
+)
+def test_dataset_files_are_the_bytes_of_indented_json_whatever_the_strings(tmp_path, text):
+    """The fast writer must give json.dumps(indent=1)'s bytes: a run's fingerprint holds them."""
+    turns = [{"role": "user", "content": f"<image>{text}"}, {"role": "assistant", "content": text}]
+    samples = [
+        {"conversations": turns, "images": [f"media/ab/{text}.jpg"]},
+        {"conversations": turns[:1], "images": ["a.jpg", "b.jpg"]},
+        {"conversations": [{**turns[0], "extra": 1}], "images": ["x"]},  # another shape
+        {"images": ["x"], "conversations": []},
+    ]
+    for chosen in (samples, samples[:1], []):
+        write_samples(tmp_path / "geo.json", chosen)
+        expected = json_bytes(chosen, indent=1, sort_keys=False)
+        assert (tmp_path / "geo.json").read_bytes() == expected

@@ -360,9 +360,9 @@ def build_dataset(
     validation = [s for _, s, v in samples if v]
     if not train:
         raise GeolocsftError(f"sft dataset {settings.name}: every sample fell into validation")
-    _write_samples(out_dir / f"{settings.name}.json", train)
+    write_samples(out_dir / f"{settings.name}.json", train)
     if settings.validation_fraction > 0:
-        _write_samples(out_dir / f"{settings.name}_val.json", validation)
+        write_samples(out_dir / f"{settings.name}_val.json", validation)
     _write_json(
         out_dir / "dataset_info.json", dataset_info(settings.name, settings.validation_fraction > 0)
     )
@@ -405,12 +405,44 @@ def _media_of(images: Sequence[SourceImage], prepared: pl.DataFrame, name: str) 
     return media
 
 
-def _write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
-    """A JSON array with one sample per line (readable and diffable; written by the C encoder,
-    several times faster than indented JSON on a million samples)."""
-    lines = ",\n".join(json.dumps(sample, ensure_ascii=False) for sample in samples)
-    text = f"[\n{lines}\n]\n" if samples else "[]\n"
+def write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
+    """The samples as JSON with one space of indent: the bytes ``json.dumps(samples, indent=1,
+    ensure_ascii=False)`` writes, several times faster on a million samples (the standard
+    library's indenting encoder is pure Python; here every string goes through its C escaper).
+    The bytes must not change: a run's fingerprint holds the sha256 of its dataset files."""
+    if not samples:
+        text = "[]\n"
+    else:
+        text = "[\n" + ",\n".join(_indented_sample(sample) for sample in samples) + "\n]\n"
     atomic_write_bytes(path, text.encode(), fsync=False)
+
+
+def _indented_sample(sample: dict[str, Any]) -> str:
+    """One sample as an element of :func:`write_samples`' list (indent level 1)."""
+    turns, images = sample.get("conversations"), sample.get("images")
+    if (
+        list(sample) != ["conversations", "images"]
+        or not isinstance(turns, list)
+        or not isinstance(images, list)
+        or not turns
+        or not images
+        or not all(isinstance(i, str) for i in images)
+        or not all(
+            isinstance(t, dict)
+            and list(t) == ["role", "content"]
+            and all(isinstance(v, str) for v in t.values())
+            for t in turns
+        )
+    ):  # another shape: the standard library's encoder, one level in
+        text = json.dumps(sample, indent=1, ensure_ascii=False)
+        return "\n".join(f" {line}" for line in text.split("\n"))
+    quote = json.encoder.encode_basestring
+    turn_texts = ",\n".join(
+        f'   {{\n    "role": {quote(t["role"])},\n    "content": {quote(t["content"])}\n   }}'
+        for t in turns
+    )
+    image_texts = ",\n".join(f"   {quote(image)}" for image in images)
+    return f' {{\n  "conversations": [\n{turn_texts}\n  ],\n  "images": [\n{image_texts}\n  ]\n }}'
 
 
 def _write_json(path: Path, value: Any) -> None:
