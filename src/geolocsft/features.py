@@ -94,17 +94,22 @@ def _empty(settings: FeatureSettings, key: str) -> pl.DataFrame:
 def _compute(paths: Sequence[str], settings: FeatureSettings, workers: int) -> np.ndarray:
     if not paths:
         return np.empty((0, settings.width), np.float32)
-    vectors = list(
+    # Filled in place: a million small arrays held in a list, then stacked, cost twice the
+    # memory of the result.
+    vectors = np.empty((len(paths), settings.width), np.float32)
+    computed = map_in_processes(partial(_features_of_file, settings=settings), list(paths), workers)
+    for row, vector in enumerate(
         tqdm(
-            map_in_processes(partial(_features_of_file, settings=settings), list(paths), workers),
+            computed,
             total=len(paths),
             desc="image features",
             unit="img",
             mininterval=2.0,
             disable=None,
         )
-    )
-    return np.stack(vectors)
+    ):
+        vectors[row] = vector
+    return vectors
 
 
 def _features_of_file(path: str, settings: FeatureSettings) -> npt.NDArray[np.float32]:
