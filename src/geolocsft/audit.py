@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import socket
+import stat as stat_module
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -129,7 +130,7 @@ class FileHashes:
                 stat = path.stat()
             except OSError:
                 continue
-            if not path.is_dir():
+            if not stat_module.S_ISDIR(stat.st_mode):
                 stats.append(stat)
         self.look_up(stats)
 

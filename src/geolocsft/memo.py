@@ -126,7 +126,11 @@ class BlobStore:
         self._folders: set[str] = set()  # shard folders known to exist (in this process)
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+        return Path(self.file(sha256))
+
+    def file(self, sha256: str) -> str:
+        """:meth:`path` as a string, for the hot paths (millions of files)."""
+        return f"{self.root}/{sha256[:2]}/{sha256}"
 
     def put(self, data: bytes) -> str:
         """Store ``data`` (if new) as a read-only file; return its sha256.
@@ -136,8 +140,8 @@ class BlobStore:
         strings and ``os`` calls, not pathlib or :mod:`tempfile` (each cost more than the write).
         """
         digest = hashlib.sha256(data).hexdigest()
-        folder = f"{self.root}/{digest[:2]}"
-        path = f"{folder}/{digest}"
+        path = self.file(digest)
+        folder = path.rpartition("/")[0]
         if os.path.exists(path):  # noqa: PTH110 (hot path)
             return digest
         if folder not in self._folders:
@@ -165,38 +169,35 @@ class BlobStore:
         return digest
 
     def has(self, sha256: str) -> bool:
-        return os.path.isfile(f"{self.root}/{sha256[:2]}/{sha256}")  # noqa: PTH113 (hot path)
+        return os.path.isfile(self.file(sha256))  # noqa: PTH113 (hot path)
 
     def link_all(self, folder: Path, blobs_and_paths: Sequence[tuple[str, str]]) -> None:
-        """Put each blob at its path relative to ``folder`` (as :meth:`link`). Made for many
-        files: strings and ``os`` calls, each subfolder created once."""
+        """Put each blob at its path relative to ``folder`` (as :meth:`link`), each subfolder
+        created once."""
         made: set[str] = set()
-        root, into = str(self.root), str(folder)
         for sha256, relpath in blobs_and_paths:
-            source = f"{root}/{sha256[:2]}/{sha256}"
-            destination = f"{into}/{relpath}"
+            destination = f"{folder}/{relpath}"
             parent = destination.rpartition("/")[0]
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)  # noqa: PTH103 (hot path)
                 made.add(parent)
-            try:
-                os.link(source, destination)
-            except FileExistsError:
-                os.unlink(destination)  # noqa: PTH108 (hot path)
-                os.link(source, destination)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                shutil.copyfile(source, destination)  # another file system
+            self.link_to(sha256, destination)
 
     def link(self, sha256: str, destination: Path) -> None:
         """Put the blob at ``destination`` (a hard link, or a copy across file systems)."""
-        source = self.path(sha256)
-        destination.unlink(missing_ok=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        self.link_to(sha256, str(destination))
+
+    def link_to(self, sha256: str, destination: str) -> None:
+        """:meth:`link` into an existing folder, on strings and ``os`` calls (the hot path of
+        every rebuilt caption and media folder). An existing file there is replaced."""
+        source = self.file(sha256)
         try:
             os.link(source, destination)
-        except FileNotFoundError:
-            destination.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            os.unlink(destination)  # noqa: PTH108 (hot path)
             os.link(source, destination)
-        except OSError:
-            shutil.copyfile(source, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(source, destination)  # another file system

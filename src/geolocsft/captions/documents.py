@@ -19,11 +19,9 @@ Readers go through :func:`read_caption` (which also reads files of the earlier s
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -222,11 +220,6 @@ class CaptionFolder:
         self._lock = threading.Lock()
         self._shards: set[str] = set()
         self._root = str(out_dir)
-        self._blob_root = ""
-        if self.blobs is not None:
-            self._blob_root = str(self.blobs.root)
-            probe = "0" * 64
-            assert self._blob_path(probe) == str(self.blobs.path(probe)), "BlobStore layout"
 
     def prepare(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,19 +268,9 @@ class CaptionFolder:
             self._shards.add(shard)
         return f"{self._root}/{relpath}"
 
-    def _blob_path(self, blob: str) -> str:
-        return f"{self._blob_root}/{blob[:2]}/{blob}"
-
     def _link(self, blob: str, target: str) -> None:
-        try:
-            os.link(self._blob_path(blob), target)
-        except FileExistsError:
-            os.unlink(target)  # noqa: PTH108 (hot path)
-            os.link(self._blob_path(blob), target)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            shutil.copyfile(self._blob_path(blob), target)  # another file system
+        assert self.blobs is not None, "only files of the memo are linked"
+        self.blobs.link_to(blob, target)
 
     def link(self, image_id: str, memo: _Memo) -> Written:
         """Put a memoized file in place (a hard link to its blob)."""
