@@ -11,14 +11,20 @@ from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
 
+#: The manifest columns the baseline reads (a million-row manifest holds many more).
+COLUMNS = ["image_id", "lat", "lon", "split"]
+
+
 def main(smk) -> None:
-    train = training_set(pl.read_parquet(smk.input.corpus), excluded_ids(Path(smk.input.excluded)))
-    targets = evaluation_targets(pl.read_parquet(smk.input.targets))
+    train = training_set(
+        pl.read_parquet(smk.input.corpus, columns=COLUMNS), excluded_ids(Path(smk.input.excluded))
+    )
+    targets = evaluation_targets(pl.read_parquet(smk.input.targets, columns=COLUMNS))
     predictions = predict_knn(
         train,
-        pl.read_parquet(smk.input.corpus_features),
+        pl.scan_parquet(smk.input.corpus_features),  # read in batches: only the rows used
         targets,
-        pl.read_parquet(smk.input.target_features),
+        pl.scan_parquet(smk.input.target_features),
         from_config(KnnSettings, smk.params.settings),
         seed=smk.params.seed,
     )

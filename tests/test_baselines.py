@@ -161,3 +161,48 @@ def test_knn_and_medoid_predict_training_locations(tmp_path) -> None:
     assert result["raw_answer"][0].startswith("nearest training images by colour/thumbnail")
     medoid = predict_medoid(train, targets)
     assert medoid["pred_lat"].n_unique() == 1 and medoid["pred_lat"][0] in set(train["lat"])
+
+
+def test_knn_reads_features_files_in_batches_and_names_missing_ones(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workflow passes lazy scans of the features files: read in batches (here of 7 rows,
+    in another order than the training rows), they give the predictions of the in-memory
+    tables; an image without features, or with two rows of them, is named."""
+    import geolocsft.baselines as baselines_module
+
+    monkeypatch.setattr(baselines_module, "FEATURE_BATCH_ROWS", 7)
+    rng = np.random.default_rng(3)
+    n = 40
+    train = pl.DataFrame(
+        {
+            "image_id": [f"t{i}" for i in range(n)],
+            "lat": rng.uniform(-60, 60, n),
+            "lon": rng.uniform(-170, 170, n),
+        }
+    )
+    feats = pl.DataFrame(
+        {
+            "image_id": train["image_id"],
+            "features": pl.Series(clustered(n, 5), dtype=pl.Array(pl.Float32, 32)),
+        }
+    )
+    targets = train.slice(3, 6)
+    settings = configured(KnnSettings, neighbors=3)
+    in_memory = predict_knn(train, feats, targets, feats, settings)
+    path = tmp_path / "features.parquet"
+    feats.sample(fraction=1.0, shuffle=True, seed=2).write_parquet(path, row_group_size=5)
+    scanned = predict_knn(train, pl.scan_parquet(path), targets, pl.scan_parquet(path), settings)
+    assert scanned.equals(in_memory)
+    # Each query is a training image: its own vector is its nearest neighbour.
+    assert all(
+        answer.split(": ", 1)[1].startswith(f"{image_id} (0.000)")
+        for image_id, answer in zip(scanned["image_id"], scanned["raw_answer"], strict=True)
+    )
+
+    feats.filter(pl.col("image_id") != "t17").write_parquet(path)
+    with pytest.raises(GeolocsftError, match=r"no training features for images \['t17'\]"):
+        predict_knn(train, pl.scan_parquet(path), targets, feats, settings)
+    pl.concat([feats, feats.filter(pl.col("image_id") == "t5")]).write_parquet(path)
+    with pytest.raises(GeolocsftError, match=r"training features hold images \['t5'\] more"):
+        predict_knn(train, pl.scan_parquet(path), targets, feats, settings)
