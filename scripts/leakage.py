@@ -8,7 +8,6 @@ from geolocsft.leakage import LeakageSettings, find_leaks, summary, write_report
 from geolocsft.settings import from_config
 from geolocsft.workflow import run_script
 
-
 #: The manifest columns the check reads (a million-row manifest holds many more).
 COLUMNS = ("image_id", "sha256", "path", "split", "phash")
 

@@ -10,7 +10,6 @@ from geolocsft.settings import from_config
 from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
-
 #: The manifest columns the baseline reads (a million-row manifest holds many more).
 COLUMNS = ["image_id", "lat", "lon", "split"]
 

@@ -9,7 +9,6 @@ from geolocsft.leakage import excluded_ids
 from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
-
 #: The manifest columns the baseline reads (a million-row manifest holds many more).
 COLUMNS = ["image_id", "lat", "lon", "split"]
 

@@ -6,7 +6,12 @@ import polars as pl
 
 from geolocsft.leakage import excluded_ids
 from geolocsft.settings import from_config
-from geolocsft.sft.dataset import DatasetSettings, build_dataset
+from geolocsft.sft.dataset import (
+    MANIFEST_COLUMNS,
+    DatasetSettings,
+    build_dataset,
+    read_caption_index,
+)
 from geolocsft.workflow import run_script
 
 
@@ -15,8 +20,8 @@ def main(smk) -> None:
     settings = from_config(DatasetSettings, smk.params.settings, f"sft.datasets.{name}", name=name)
     parts = list(getattr(smk.input, "media_parts", []))
     build_dataset(
-        manifest=pl.read_parquet(smk.input.manifest),
-        caption_index=pl.read_csv(smk.input.index),
+        manifest=pl.read_parquet(smk.input.manifest, columns=MANIFEST_COLUMNS),
+        caption_index=read_caption_index(smk.input.index),
         captions_dir=Path(smk.input.captions),
         instruction=Path(smk.input.instruction).read_text(encoding="utf-8"),
         settings=settings,

@@ -17,7 +17,7 @@ from geolocsft.features import FeatureSettings, compute_features
 from geolocsft.image_check import CheckLimits, check_images
 from geolocsft.parallel import MIN_ITEMS_FOR_WORKERS, map_in_processes
 from geolocsft.settings import configured
-from geolocsft.sft.dataset import DatasetSettings, SourceImage, prepare_media
+from geolocsft.sft.dataset import IMAGE_SCHEMA, DatasetSettings, prepare_media
 
 COUNT = MIN_ITEMS_FOR_WORKERS + 16  # enough items for the worker processes to start
 
@@ -72,9 +72,17 @@ def test_features_from_worker_processes_equal_those_computed_here(photos):
 
 
 def test_media_from_worker_processes_are_byte_identical(photos, tmp_path):
-    images = [
-        SourceImage(p.stem, p, hashlib.sha256(p.read_bytes()).hexdigest(), 0.0, 0.0) for p in photos
-    ]
+    images = pl.DataFrame(
+        {
+            "image_id": [p.stem for p in photos],
+            "path": [str(p) for p in photos],
+            "sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in photos],
+            "lat": [0.0] * len(photos),
+            "lon": [0.0] * len(photos),
+            "caption_path": [None] * len(photos),
+        },
+        schema=IMAGE_SCHEMA,
+    )
     settings = configured(DatasetSettings, name="geo", image_max_side=128)
     here, made_here = prepare_media(images, settings, tmp_path / "one", False, workers=1)
     there, made_there = prepare_media(images, settings, tmp_path / "two", False, workers=2)

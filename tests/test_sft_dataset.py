@@ -138,7 +138,7 @@ def test_excluded_images_are_left_out(corpus, tmp_path):
     manifest, index, _ = corpus
     settings = configured(DatasetSettings, name="geo")
     chosen = select_images(manifest, index, settings, frozenset({"b"}))
-    assert [i.image_id for i in chosen.images] == ["a@N00", "grey"]
+    assert chosen.images["image_id"].to_list() == ["a@N00", "grey"]
     assert chosen.skipped["in_an_eval_set"] == 1
 
 
@@ -147,7 +147,7 @@ def test_a_reused_media_file_is_byte_identical_and_only_new_images_are_prepared(
     manifest, index, _ = corpus
     settings = configured(DatasetSettings, name="geo", image_max_side=256)
     images = select_images(manifest, index, settings).images
-    _, prepared = prepare_media(images[:2], settings, memo, progress=False)
+    _, prepared = prepare_media(images.head(2), settings, memo, progress=False)
     assert prepared == 2
     table, prepared = prepare_media(images, settings, memo, progress=False)  # one more image
     assert prepared == 1 and table.height == 3
@@ -168,7 +168,7 @@ def test_media_prepared_in_parts_give_the_same_dataset(corpus, tmp_path):
     settings = configured(DatasetSettings, name="geo", image_max_side=256)
     images = select_images(manifest, index, settings).images
     parts = [images_of_part(images, part, 3) for part in range(3)]
-    assert sorted(i.image_id for p in parts for i in p) == sorted(i.image_id for i in images)
+    assert sorted(i for p in parts for i in p["image_id"]) == sorted(images["image_id"])
     memo = tmp_path / "memo"
     tables = [prepare_media(p, settings, memo, progress=False)[0] for p in parts]
     manifest, index, captions = corpus
@@ -195,7 +195,9 @@ def test_media_prepared_in_parts_give_the_same_dataset(corpus, tmp_path):
             settings,
             tmp_path / "missing",
             memo_dir=memo,
-            prepared=pl.concat(tables[:1] + tables[2:]) if parts[1] else pl.concat(tables[1:]),
+            prepared=(
+                pl.concat(tables[:1] + tables[2:]) if parts[1].height else pl.concat(tables[1:])
+            ),
         )
 
 
@@ -260,6 +262,10 @@ def test_a_large_dataset_is_the_same_built_in_worker_processes_and_a_bad_caption
     (captions / "img042.json").write_text('{"image_id": "img042", "caption": {"answer": 1}}')
     with pytest.raises(GeolocsftError, match=r"img042\.json: not a readable geo-caption file"):
         made("broken", 2)
+    # Samples are written as they are read: a failed build leaves no dataset file, whole or
+    # partial, and no media were prepared for it (the captions are checked first).
+    assert not [p.name for p in (tmp_path / "broken").iterdir()]
+    assert not (tmp_path / "memo-broken").exists()
 
 
 @pytest.mark.parametrize(

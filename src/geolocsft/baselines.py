@@ -99,9 +99,7 @@ def _matrix(
     batches: Iterable[pl.DataFrame] = (
         features.iter_slices(FEATURE_BATCH_ROWS)
         if isinstance(features, pl.DataFrame)
-        else features.select("image_id", "features").collect_batches(
-            chunk_size=FEATURE_BATCH_ROWS
-        )
+        else features.select("image_id", "features").collect_batches(chunk_size=FEATURE_BATCH_ROWS)
     )
     matrix: npt.NDArray[np.float32] | None = None
     found = np.zeros(rows.height, dtype=np.int64)

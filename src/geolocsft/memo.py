@@ -30,7 +30,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,7 @@ class BlobStore:
     def has(self, sha256: str) -> bool:
         return os.path.isfile(self.file(sha256))  # noqa: PTH113 (hot path)
 
-    def link_all(self, folder: Path, blobs_and_paths: Sequence[tuple[str, str]]) -> None:
+    def link_all(self, folder: Path, blobs_and_paths: Iterable[tuple[str, str]]) -> None:
         """Put each blob at its path relative to ``folder`` (as :meth:`link`), each subfolder
         created once."""
         made: set[str] = set()

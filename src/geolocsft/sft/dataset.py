@@ -36,7 +36,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,7 +52,7 @@ from geolocsft.captions.schema import GeoCaption
 from geolocsft.codegraph import module_code_version
 from geolocsft.errors import GeolocsftError
 from geolocsft.images import ImagePreparation, prepared_jpeg
-from geolocsft.io import atomic_write_bytes, atomic_write_json
+from geolocsft.io import atomic_write_json
 from geolocsft.layout import item_relpath, part_of
 from geolocsft.memo import BlobStore, ItemTable, memo_version
 from geolocsft.parallel import map_in_processes
@@ -85,15 +85,16 @@ class DatasetSettings:
     split_salt: str
 
 
-@dataclass(frozen=True)
-class SourceImage:
-    """A training image of the dataset: where it is and what it shows."""
-
-    image_id: str
-    path: Path
-    sha256: str
-    lat: float
-    lon: float
+#: The columns of :attr:`Selection.images`: a training image of the dataset, where it is, what
+#: it shows, and its caption file (a table, not an object per image: a million of them).
+IMAGE_SCHEMA = {
+    "image_id": pl.String,
+    "path": pl.String,
+    "sha256": pl.String,
+    "lat": pl.Float64,
+    "lon": pl.Float64,
+    "caption_path": pl.String,
+}
 
 
 def answer_format(target: Target) -> Literal["caption", "coordinates"]:
@@ -181,17 +182,30 @@ def dataset_info(name: str, with_validation: bool) -> dict[str, Any]:
 
 @dataclass
 class Selection:
-    """The images a dataset is made of, and those left out with the reason."""
+    """The images a dataset is made of (:data:`IMAGE_SCHEMA`, sorted by id), and those left out:
+    how many per reason (most first, ties in order of the first id) and up to 10 ids each."""
 
-    images: list[SourceImage]
+    images: pl.DataFrame
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def skip(self, reason: str, image_id: str) -> None:
-        self.skipped[reason] += 1
-        examples = self.skipped_examples.setdefault(reason, [])
-        if len(examples) < 10:
-            examples.append(image_id)
+
+#: The manifest columns a dataset is made from (a million-row manifest holds many more).
+MANIFEST_COLUMNS = ["image_id", "path", "sha256", "lat", "lon", "split"]
+#: The caption index columns it reads.
+CAPTION_INDEX_COLUMNS = ("image_id", "status", "failure_reason", "flagged", "caption_path")
+
+
+def read_caption_index(path: Path | str) -> pl.DataFrame:
+    """The columns of a caption run's ``index.csv`` that :func:`select_images` reads (an index
+    written before ``caption_path`` existed has no such column)."""
+    index = pl.scan_csv(path)
+    names = index.collect_schema().names()
+    return index.select([c for c in CAPTION_INDEX_COLUMNS if c in names]).collect()
+
+
+#: Ids listed per reason for skipping in the dataset's stats.
+SKIPPED_EXAMPLES = 10
 
 
 def select_images(
@@ -200,25 +214,78 @@ def select_images(
     settings: DatasetSettings,
     excluded_ids: Collection[str] = frozenset(),
 ) -> Selection:
-    """The train-split images with a usable caption, sorted by id (``excluded_ids`` left out)."""
-    train = manifest.filter(pl.col("split") == "train")
-    rows = {r["image_id"]: r for r in train.iter_rows(named=True)}
-    selection = Selection(images=[])
-    for row in caption_index.sort("image_id").iter_rows(named=True):
-        image_id = row["image_id"]
-        if image_id in excluded_ids:
-            selection.skip("in_an_eval_set", image_id)
-        elif row["status"] != "captioned":
-            selection.skip(f"caption_{row['failure_reason'] or 'failed'}", image_id)
-        elif row["flagged"] and not settings.include_flagged:
-            selection.skip("flagged_caption", image_id)
-        elif image_id not in rows:
-            selection.skip("not_in_train_split", image_id)
-        else:
-            m = rows[image_id]
-            selection.images.append(
-                SourceImage(image_id, Path(m["path"]), m["sha256"], m["lat"], m["lon"])
+    """The train-split images with a usable caption, sorted by id (``excluded_ids`` left out).
+
+    One join and one expression over the tables (a million rows: no Python object per row)."""
+    train = (
+        manifest.lazy()
+        .filter(pl.col("split") == "train")
+        .select("image_id", "path", "sha256", "lat", "lon", pl.lit(True).alias("in_train"))
+    )
+    failure = (
+        pl.col("failure_reason")
+        if "failure_reason" in caption_index.columns
+        else pl.lit(None, dtype=pl.String)
+    )
+    caption_path = (
+        pl.col("caption_path").cast(pl.String)
+        if "caption_path" in caption_index.columns
+        else pl.lit(None, dtype=pl.String)
+    )
+    # true/false from the index's CSV (a column of nothing but empty cells reads as strings)
+    flagged = (pl.col("flagged").cast(pl.String).str.to_lowercase() == "true").fill_null(False)
+    reason = (
+        pl.when(pl.col("image_id").is_in(sorted(excluded_ids)) if excluded_ids else pl.lit(False))
+        .then(pl.lit("in_an_eval_set"))
+        .when(pl.col("status") != "captioned")
+        .then(
+            pl.concat_str(
+                pl.lit("caption_"),
+                pl.when(failure.is_null() | (failure == ""))
+                .then(pl.lit("failed"))
+                .otherwise(failure),
             )
+        )
+        .when(flagged & (not settings.include_flagged))
+        .then(pl.lit("flagged_caption"))
+        .when(pl.col("in_train").is_null())
+        .then(pl.lit("not_in_train_split"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    rows = (
+        caption_index.lazy()
+        .select(
+            pl.col("image_id").cast(pl.String),
+            pl.col("status").cast(pl.String),
+            failure.cast(pl.String).alias("failure_reason"),
+            flagged.alias("flagged"),
+            caption_path.alias("caption_path"),
+        )
+        .sort("image_id")
+        .join(train, on="image_id", how="left", maintain_order="left")
+        .with_columns(reason.alias("reason"))
+        .collect()
+    )
+    skipped = (
+        rows.lazy()
+        .with_row_index("row")
+        .filter(pl.col("reason").is_not_null())
+        .group_by("reason")
+        .agg(
+            pl.len().alias("count"),
+            pl.col("row").first().alias("first"),
+            pl.col("image_id").head(SKIPPED_EXAMPLES).alias("examples"),
+        )
+        .collect()
+    )
+    by_first = skipped.sort("first")  # a Counter keeps the order of first appearance
+    selection = Selection(
+        images=rows.filter(pl.col("reason").is_null()).select(
+            [pl.col(name).cast(dtype) for name, dtype in IMAGE_SCHEMA.items()]
+        ),
+        skipped=Counter(dict(zip(by_first["reason"], by_first["count"], strict=True))),
+        skipped_examples=dict(zip(by_first["reason"], by_first["examples"].to_list(), strict=True)),
+    )
     return selection
 
 
@@ -228,72 +295,70 @@ def media_memo_version(settings: DatasetSettings) -> str:
 
 
 def prepare_media(
-    images: Sequence[SourceImage],
+    images: pl.DataFrame,
     settings: DatasetSettings,
     memo_dir: Path,
     progress: bool = True,
     workers: int | None = None,
 ) -> tuple[pl.DataFrame, int]:
-    """The prepared JPEG of every image, in the memo: ``(image_id, media_sha256)`` per image
-    and how many were prepared now (the others were in the memo already), in ``workers``
-    processes (default: one per CPU core)."""
+    """The prepared JPEG of every image (rows of :data:`IMAGE_SCHEMA`), in the memo:
+    ``(image_id, media_sha256)`` per image and how many were prepared now (the others were in
+    the memo already), in ``workers`` processes (default: one per CPU core)."""
     table = ItemTable(memo_dir, "sft_media", media_memo_version(settings))
     blobs = BlobStore(memo_dir)
-    keys = sorted({image.sha256 for image in images})
-    stored = table.load(keys)
-    known: dict[str, str] = {}
-    if stored is not None:
-        known = {k: v for k, v in zip(stored["key"], stored["media_sha256"], strict=True)}
-        known = {k: v for k, v in known.items() if blobs.has(v)}
-    todo: dict[str, SourceImage] = {}
-    for image in images:
-        if image.sha256 not in known:
-            todo.setdefault(image.sha256, image)
-    if todo:
-        prepare = partial(_prepare_into_store, preparation=image_preparation(settings), blobs=blobs)
-        digests = map_in_processes(
-            prepare, [image.path for image in todo.values()], workers or os.cpu_count() or 1
-        )
-        made = dict(
-            zip(
-                todo,
-                tqdm(
-                    digests,
-                    total=len(todo),
-                    desc="dataset images",
-                    unit="img",
-                    mininterval=2.0,
-                    disable=not progress or None,
-                ),
-                strict=True,
-            )
-        )
-        table.add(
-            pl.DataFrame(
-                {"key": list(made), "media_sha256": list(made.values())},
-                schema={"key": pl.String, "media_sha256": pl.String},
-            )
-        )
-        known |= made
-    frame = pl.DataFrame(
-        {
-            "image_id": [image.image_id for image in images],
-            "media_sha256": [known[image.sha256] for image in images],
-        },
-        schema=MEDIA_SCHEMA,
+    contents = images.select("sha256", "path").unique("sha256", keep="first", maintain_order=True)
+    stored = table.load(contents["sha256"])
+    if stored is None:
+        stored = pl.DataFrame(schema={"key": pl.String, "media_sha256": pl.String})
+    # A memo record whose blob was deleted (a pruned memo) is prepared again.
+    present = [blobs.has(media_sha256) for media_sha256 in stored["media_sha256"]]
+    stored = stored.filter(pl.Series(present, dtype=pl.Boolean))
+    todo = contents.join(
+        stored, left_on="sha256", right_on="key", how="anti", maintain_order="left"
     )
-    log.info("dataset media: %d prepared, %d from the memo", len(todo), len(images) - len(todo))
-    return frame, len(todo)
+    if todo.height:
+        prepare = partial(_prepare_into_store, preparation=image_preparation(settings), blobs=blobs)
+        digests = map_in_processes(prepare, todo["path"].to_list(), workers or os.cpu_count() or 1)
+        made = pl.DataFrame(
+            {
+                "key": todo["sha256"],
+                "media_sha256": list(
+                    tqdm(
+                        digests,
+                        total=todo.height,
+                        desc="dataset images",
+                        unit="img",
+                        mininterval=2.0,
+                        disable=not progress or None,
+                    )
+                ),
+            },
+            schema={"key": pl.String, "media_sha256": pl.String},
+        )
+        table.add(made)
+        stored = pl.concat([stored.select("key", "media_sha256"), made])
+    frame = images.select("image_id", "sha256").join(
+        stored.select("key", "media_sha256"),
+        left_on="sha256",
+        right_on="key",
+        how="left",
+        maintain_order="left",
+    )
+    log.info(
+        "dataset media: %d prepared, %d from the memo", todo.height, images.height - todo.height
+    )
+    return frame.select("image_id", "media_sha256").cast(MEDIA_SCHEMA), todo.height  # type: ignore[arg-type]
 
 
-def _prepare_into_store(path: Path, preparation: ImagePreparation, blobs: BlobStore) -> str:
+def _prepare_into_store(path: str, preparation: ImagePreparation, blobs: BlobStore) -> str:
     """Prepare one original photo as a media file, store it; its sha256."""
-    return blobs.put(prepared_jpeg(path, preparation))
+    return blobs.put(prepared_jpeg(Path(path), preparation))
 
 
-def images_of_part(images: Sequence[SourceImage], part: int, parts: int) -> list[SourceImage]:
+def images_of_part(images: pl.DataFrame, part: int, parts: int) -> pl.DataFrame:
     """The images of one part of a split media preparation (by a hash of the image id)."""
-    return [image for image in images if part_of(image.image_id, parts) == part]
+    chosen = [part_of(image_id, parts) == part for image_id in images["image_id"]]
+    return images.filter(pl.Series(chosen, dtype=pl.Boolean))
 
 
 def build_dataset(
@@ -314,72 +379,69 @@ def build_dataset(
 
     ``prepared``: the ``(image_id, media_sha256)`` tables of the part jobs, when the media were
     prepared by them (``scale_out.parts > 1``); otherwise they are prepared here, in ``workers``
-    processes.
+    processes. Samples are written as they are made, never held all at once (a million
+    samples of the ``full`` target are gigabytes of Python objects).
     """
     selection = select_images(manifest, caption_index, settings, excluded_ids)
-    if not selection.images:
+    images = selection.images
+    if images.height == 0:
         raise GeolocsftError(
             f"sft dataset {settings.name}: no usable caption (skipped: {dict(selection.skipped)})"
         )
+    image_ids: list[str] = images["image_id"].to_list()
+    media_paths = [media_relpath(image_id) for image_id in image_ids]
     # The caption index says where each caption file is (indexes written before it did not).
-    indexed = (
-        dict(zip(caption_index["image_id"], caption_index["caption_path"], strict=True))
-        if "caption_path" in caption_index.columns
-        else {}
-    )
-
-    def caption_file_of(image_id: str) -> str:
-        relpath = indexed.get(image_id)
-        return str(captions_dir / relpath if relpath else find_caption_file(captions_dir, image_id))
-
+    caption_files = [
+        str(captions_dir / relpath if relpath else find_caption_file(captions_dir, image_id))
+        for image_id, relpath in zip(image_ids, images["caption_path"], strict=True)
+    ]
     # Reading and validating every caption is the O(N) part of a rebuild: in worker processes.
     texts = map_in_processes(
         partial(_assistant_text_of_file, target=settings.target),
-        [(caption_file_of(image.image_id), image.lat, image.lon) for image in selection.images],
+        list(zip(caption_files, images["lat"], images["lon"], strict=True)),
         workers or os.cpu_count() or 1,
     )
+    del caption_files
     user_turn = {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"}
-    samples: list[tuple[SourceImage, dict[str, Any], bool]] = []
-    media_paths: dict[str, str] = {}
-    for image, text in zip(selection.images, texts, strict=True):
-        media_paths[image.image_id] = media_relpath(image.image_id)
-        sample = {
-            "conversations": [user_turn, {"role": "assistant", "content": text}],
-            "images": [media_paths[image.image_id]],
-        }
-        held_out = in_fraction(image.image_id, settings.validation_fraction, settings.split_salt)
-        samples.append((image, sample, held_out))
-
+    lengths = np.empty(images.height, dtype=np.int64)
+    counts = Counter[bool]()
+    with (
+        SampleWriter(out_dir / f"{settings.name}.json") as train,
+        SampleWriter(
+            out_dir / f"{settings.name}_val.json" if settings.validation_fraction > 0 else None
+        ) as validation,
+    ):
+        for i, (image_id, media_path, text) in enumerate(
+            zip(image_ids, media_paths, texts, strict=True)
+        ):
+            sample = {
+                "conversations": [user_turn, {"role": "assistant", "content": text}],
+                "images": [media_path],
+            }
+            held_out = in_fraction(image_id, settings.validation_fraction, settings.split_salt)
+            (validation if held_out else train).write(sample)
+            counts[held_out] += 1
+            lengths[i] = len(text)
+        if not counts[False]:
+            raise GeolocsftError(f"sft dataset {settings.name}: every sample fell into validation")
+    # The media after the captions: a broken caption is reported before hours of preparation.
     if prepared is None:
-        prepared, _ = prepare_media(selection.images, settings, memo_dir, progress, workers)
-    media = _media_of(selection.images, prepared, settings.name)
-    links = [(media[image.image_id], media_paths[image.image_id]) for image in selection.images]
-    BlobStore(memo_dir).link_all(out_dir, links)
-
-    train = [s for _, s, v in samples if not v]
-    validation = [s for _, s, v in samples if v]
-    if not train:
-        raise GeolocsftError(f"sft dataset {settings.name}: every sample fell into validation")
-    write_samples(out_dir / f"{settings.name}.json", train)
-    if settings.validation_fraction > 0:
-        write_samples(out_dir / f"{settings.name}_val.json", validation)
+        prepared, _ = prepare_media(images, settings, memo_dir, progress, workers)
+    media = _media_of(images, prepared, settings.name)
+    BlobStore(memo_dir).link_all(out_dir, zip(media.to_list(), media_paths, strict=True))
+    pl.DataFrame(
+        {"path": media_paths, "sha256": media}, schema={"path": pl.String, "sha256": pl.String}
+    ).write_parquet(out_dir / MEDIA_INDEX)
+    del media
     _write_json(
         out_dir / "dataset_info.json", dataset_info(settings.name, settings.validation_fraction > 0)
     )
-    pl.DataFrame(
-        {
-            "path": [media_paths[image.image_id] for image in selection.images],
-            "sha256": [media[image.image_id] for image in selection.images],
-        },
-        schema={"path": pl.String, "sha256": pl.String},
-    ).write_parquet(out_dir / MEDIA_INDEX)
-    lengths = np.array([len(s["conversations"][1]["content"]) for _, s, _ in samples])
     stats = {
         "dataset": settings.name,
         "target": settings.target,
-        "samples": len(samples),
-        "train": len(train),
-        "validation": len(validation),
+        "samples": images.height,
+        "train": counts[False],
+        "validation": counts[True],
         "skipped": dict(selection.skipped.most_common()),
         "skipped_examples": selection.skipped_examples,
         "target_chars": {
@@ -394,27 +456,68 @@ def build_dataset(
     return stats
 
 
-def _media_of(images: Sequence[SourceImage], prepared: pl.DataFrame, name: str) -> dict[str, str]:
-    media = dict(zip(prepared["image_id"], prepared["media_sha256"], strict=True))
-    missing = [image.image_id for image in images if image.image_id not in media]
-    if missing:
+def _media_of(images: pl.DataFrame, prepared: pl.DataFrame, name: str) -> pl.Series:
+    """The media file (sha256) of each image, in the images' order."""
+    media = images.select("image_id").join(
+        prepared.select("image_id", "media_sha256").unique("image_id", keep="first"),
+        on="image_id",
+        how="left",
+        maintain_order="left",
+    )["media_sha256"]
+    if media.null_count():
+        missing = images.filter(media.is_null())["image_id"].head(5).to_list()
         raise GeolocsftError(
             f"sft dataset {name}: the media preparation parts hold no file for "
-            f"{len(missing)} image(s), e.g. {missing[:5]} (rerun the sft_media parts)"
+            f"{media.null_count()} image(s), e.g. {missing} (rerun the sft_media parts)"
         )
     return media
 
 
-def write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
+class SampleWriter:
+    """Writes samples one by one into the bytes of :func:`write_samples` (a temporary file,
+    renamed into place when the ``with`` block ends without an error). ``path`` None: a
+    writer that writes nothing (a dataset without a validation part)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.count = 0
+        self._handle: Any = None
+
+    def __enter__(self) -> SampleWriter:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+            self._handle = self._tmp.open("w", encoding="utf-8", buffering=1 << 20)
+        return self
+
+    def write(self, sample: dict[str, Any]) -> None:
+        if self._handle is None:
+            return
+        self._handle.write(("[\n" if not self.count else ",\n") + _indented_sample(sample))
+        self.count += 1
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if self._handle is None or self.path is None:
+            return
+        try:
+            self._handle.write("\n]\n" if self.count else "[]\n")
+        finally:
+            self._handle.close()
+        if kind is None:
+            self._tmp.replace(self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_samples(path: Path, samples: Iterable[dict[str, Any]]) -> None:
     """The samples as JSON with one space of indent: the bytes ``json.dumps(samples, indent=1,
     ensure_ascii=False)`` writes, several times faster on a million samples (the standard
-    library's indenting encoder is pure Python; here every string goes through its C escaper).
+    library's indenting encoder is pure Python; here every string goes through its C escaper),
+    written one by one (:class:`SampleWriter`).
     The bytes must not change: a run's fingerprint holds the sha256 of its dataset files."""
-    if not samples:
-        text = "[]\n"
-    else:
-        text = "[\n" + ",\n".join(_indented_sample(sample) for sample in samples) + "\n]\n"
-    atomic_write_bytes(path, text.encode(), fsync=False)
+    with SampleWriter(path) as writer:
+        for sample in samples:
+            writer.write(sample)
 
 
 def _indented_sample(sample: dict[str, Any]) -> str:
