@@ -5,20 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from conftest import write_photo
 from PIL import Image
 
 from geolocsft.images import fit_to_model, load_for_model, model_input_image
 from geolocsft.memo import BlobStore
 from geolocsft.settings import configured
-from geolocsft.sft.dataset import DatasetSettings, SourceImage, image_preparation, prepare_media
+from geolocsft.sft.dataset import IMAGE_SCHEMA, DatasetSettings, image_preparation, prepare_media
 
 
 def write_media_image(photo: Path, media: Path, dataset: DatasetSettings) -> None:
     """The media file of ``photo`` exactly as sft_dataset makes it (memoized preparation)."""
     memo = media.parent / "memo"
-    source = SourceImage("photo", photo, "sha-of-" + photo.name, 0.0, 0.0)
-    prepared, _ = prepare_media([source], dataset, memo, progress=False)
+    source = {"image_id": "photo", "path": str(photo), "sha256": "sha-of-" + photo.name}
+    images = pl.DataFrame([{**source, "lat": 0.0, "lon": 0.0, "caption_path": None}], IMAGE_SCHEMA)
+    prepared, _ = prepare_media(images, dataset, memo, progress=False)
     BlobStore(memo).link(prepared["media_sha256"][0], media)
 
 

@@ -272,11 +272,19 @@ class CaptionFolder:
         assert self.blobs is not None, "only files of the memo are linked"
         self.blobs.link_to(blob, target)
 
-    def link(self, image_id: str, memo: _Memo) -> Written:
-        """Put a memoized file in place (a hard link to its blob)."""
-        relpath = self._relpath(image_id)
-        self._link(memo.blob, self._target(relpath))
-        return Written(relpath, memo.flagged, memo.distance_km, memo.origin)
+    def link_all(self, found: Sequence[tuple[str, _Memo]]) -> list[Written]:
+        """Put memoized files in place (hard links to their blobs): ``(image_id, memo)``."""
+        if not found:
+            return []
+        assert self.blobs is not None, "only files of the memo are linked"
+        relpaths = [self._relpath(image_id) for image_id, _ in found]
+        self.blobs.link_all(
+            self.out_dir, zip((memo.blob for _, memo in found), relpaths, strict=True)
+        )
+        return [
+            Written(relpath, memo.flagged, memo.distance_km, memo.origin)
+            for relpath, (_, memo) in zip(relpaths, found, strict=True)
+        ]
 
     def write(
         self,

@@ -151,20 +151,26 @@ class CaptionRun:
                 for item, key, stamp in zip(chunk, keys, stamps, strict=True)
             ]
             memo = self.folder.lookup([k for k in memo_keys if k is not None])
-            rows = zip(chunk, keys, memo_keys, strict=True)
-            for position, (item, key, memo_key) in enumerate(rows, start):
-                hit = memo.get(memo_key) if memo_key is not None else None
-                if hit is not None:
-                    written = self.folder.link(item.image_id, hit)
-                    known[position] = Outcome(
-                        item.image_id,
-                        "captioned",
-                        "store" if written.origin == "api" else written.origin,
-                        key,
-                        flagged=written.flagged,
-                        distance_km=written.distance_km,
-                        caption_path=written.path,
-                    )
+            hits = [
+                (position, item, key, memo[memo_key])
+                for position, (item, key, memo_key) in enumerate(
+                    zip(chunk, keys, memo_keys, strict=True), start
+                )
+                if memo_key is not None and memo_key in memo
+            ]
+            linked = self.folder.link_all([(item.image_id, hit) for _, item, _, hit in hits])
+            for (position, item, key, _), written in zip(hits, linked, strict=True):
+                known[position] = Outcome(
+                    item.image_id,
+                    "captioned",
+                    "store" if written.origin == "api" else written.origin,
+                    key,
+                    flagged=written.flagged,
+                    distance_km=written.distance_km,
+                    caption_path=written.path,
+                )
+            for position, (item, key) in enumerate(zip(chunk, keys, strict=True), start):
+                if known[position] is not None:
                     continue
                 if paid:
                     outcome = self._from_store(item, key)
