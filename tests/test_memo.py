@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from geolocsft.layout import item_path, item_relpath, shard_of
 from geolocsft.memo import MAX_PARTS, BlobStore, ItemTable, memo_version
@@ -78,3 +79,46 @@ def test_file_hashes_are_remembered_by_inode_size_and_mtime_and_redone_after_an_
     os.utime(edited, ns=(1, 1))  # a different mtime, as any real edit has
     assert later.sha256(edited) == file_sha256(edited)
     assert artifact_digest(folder, later) == artifact_digest(folder)
+
+
+def test_a_directory_digest_is_remembered_by_its_listing_and_follows_path_components(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The digest of a folder of files is over (path, sha256) in the order of path components;
+    a later job digesting the same unchanged folder finds it under the folder's listing and
+    hashes nothing, and any edit (a new mtime) gives the new digest."""
+    import hashlib
+    import os
+
+    from geolocsft import audit
+    from geolocsft.audit import FileHashes, artifact_digest
+    from geolocsft.io import file_sha256
+
+    folder = tmp_path / "tree"
+    names = ["ab/x", "ab.json", "a-b/y", "a/z", "b", "ab/c/d", ".snakemake_timestamp"]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(name)
+    expected = hashlib.sha256()
+    for name in sorted(names[:-1], key=lambda n: n.split("/")):  # Snakemake's marker left out
+        expected.update(f"{name}\0{file_sha256(folder / name)}\n".encode())
+    memo = tmp_path / "memo"
+    first = FileHashes.in_memo(memo)
+    digest = artifact_digest(folder, first)
+    size = sum(len(name) for name in names[:-1])
+    assert digest == {"kind": "directory", "sha256": expected.hexdigest(), "bytes": size, "files": 6}
+    first.save()
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr(audit, "file_sha256", no_hashing)
+    later = FileHashes.in_memo(memo)
+    monkeypatch.setattr(later, "look_up", lambda stats: pytest.fail("per-file look-up"))
+    assert artifact_digest(folder, later) == digest
+    monkeypatch.undo()
+    (folder / "a" / "z").write_text("edited")
+    os.utime(folder / "a" / "z", ns=(1, 1))
+    edited = artifact_digest(folder, FileHashes.in_memo(memo))
+    assert edited["sha256"] != digest["sha256"]
+    assert edited == artifact_digest(folder)  # the same as hashing every file

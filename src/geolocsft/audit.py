@@ -134,6 +134,27 @@ class FileHashes:
                 stats.append(stat)
         self.look_up(stats)
 
+    def remembered(self, key: str) -> str | None:
+        """A digest kept under ``key`` by :meth:`remember` (this job's, or the memo's)."""
+        if self.table is None:
+            return None
+        if key not in self.known and key not in self.new and key not in self._asked:
+            self._asked.add(key)
+            found = self.table.load([key])
+            if found is not None and found.height:
+                self.known[key] = found["sha256"][0]
+        return self.known.get(key) or self.new.get(key)
+
+    def remember(self, key: str, digest: str) -> None:
+        """Keep a digest that is not a file's (a directory's, by its listing)."""
+        if self.table is not None:
+            self.new[key] = digest
+
+    def sha256_of_stat(self, stat: os.stat_result) -> str | None:
+        """The hash of the file with this ``stat``, when known (looked up before)."""
+        key = self._key(stat)
+        return self.known.get(key) or self.new.get(key)
+
     def sha256(self, path: Path, stat: os.stat_result | None = None) -> str:
         """The file's sha256 (``stat``: its ``os.stat`` result, when the caller has it)."""
         if self.table is None:
@@ -167,32 +188,44 @@ def _files_in_tree(root: Path) -> list[tuple[str, os.stat_result]]:
     components. One ``scandir`` per folder and one stat per file: a folder of a dataset's
     media holds a file per image."""
     found: list[tuple[str, os.stat_result]] = []
-    folders = [("", str(root))]
-    while folders:
-        prefix, folder = folders.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append((f"{prefix}{entry.name}/", entry.path))
-                elif entry.is_file() and entry.name not in IGNORED_FILES:
-                    found.append((f"{prefix}{entry.name}", entry.stat()))
-    found.sort(key=lambda item: item[0].split("/"))
+
+    def walk(prefix: str, folder: str) -> None:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:  # by name: depth first, this is the order of path components
+            if entry.is_dir(follow_symlinks=False):
+                walk(f"{prefix}{entry.name}/", entry.path)
+            elif entry.is_file() and entry.name not in IGNORED_FILES:
+                found.append((f"{prefix}{entry.name}", entry.stat()))
+
+    walk("", str(root))
     return found
 
 
 def artifact_digest(path: Path, hashes: FileHashes | None = None) -> dict[str, Any]:
-    """``{"kind", "sha256", "bytes"[, "files"]}`` of a file or a directory tree."""
+    """``{"kind", "sha256", "bytes"[, "files"]}`` of a file or a directory tree.
+
+    A directory's digest is remembered by its listing (every file's path, device, inode, size
+    and mtime): the jobs after the one that wrote a folder of 100,000 files (the dataset job
+    reading the captions, the audit) stat each file and look up one key, not every file's."""
     hashes = hashes or FileHashes(None)
     if path.is_dir():
-        digest = hashlib.sha256()
         tree = _files_in_tree(path)
-        hashes.look_up(stat for _, stat in tree)
-        for relative, stat in tree:
-            file_digest = hashes.sha256(path / relative, stat)
-            digest.update(f"{relative}\0{file_digest}\n".encode())
         size = sum(stat.st_size for _, stat in tree)
-        files = len(tree)
-        return {"kind": "directory", "sha256": digest.hexdigest(), "bytes": size, "files": files}
+        listing = hashlib.sha256()
+        for relative, stat in tree:
+            listing.update(f"{relative}\0{FileHashes._key(stat)}\n".encode())
+        listing_key = f"tree:{listing.hexdigest()}"
+        found = hashes.remembered(listing_key)
+        if found is None:
+            hashes.look_up(stat for _, stat in tree)
+            digest = hashlib.sha256()
+            for relative, stat in tree:
+                file_digest = hashes.sha256_of_stat(stat) or hashes.sha256(path / relative, stat)
+                digest.update(f"{relative}\0{file_digest}\n".encode())
+            found = digest.hexdigest()
+            hashes.remember(listing_key, found)
+        return {"kind": "directory", "sha256": found, "bytes": size, "files": len(tree)}
     if path.is_file():
         return {"kind": "file", "sha256": hashes.sha256(path), "bytes": path.stat().st_size}
     raise FileNotFoundError(path)
