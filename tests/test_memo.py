@@ -106,7 +106,12 @@ def test_a_directory_digest_is_remembered_by_its_listing_and_follows_path_compon
     first = FileHashes.in_memo(memo)
     digest = artifact_digest(folder, first)
     size = sum(len(name) for name in names[:-1])
-    assert digest == {"kind": "directory", "sha256": expected.hexdigest(), "bytes": size, "files": 6}
+    assert digest == {
+        "kind": "directory",
+        "sha256": expected.hexdigest(),
+        "bytes": size,
+        "files": 6,
+    }
     first.save()
 
     def no_hashing(path: Path) -> str:
