@@ -17,6 +17,7 @@ from geolocsft.io import file_sha256, json_bytes
 from geolocsft.layout import shard_of
 from geolocsft.parallel import MIN_ITEMS_FOR_WORKERS
 from geolocsft.settings import configured
+from geolocsft.sft import dataset as dataset_module
 from geolocsft.sft.dataset import (
     DatasetSettings,
     assistant_text,
@@ -236,7 +237,7 @@ def test_targets_carry_the_true_coordinates():
 
 
 def test_a_large_dataset_is_the_same_built_in_worker_processes_and_a_bad_caption_is_named(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """With enough images, captions are read and media prepared in worker processes."""
     count = MIN_ITEMS_FOR_WORKERS + 6
@@ -256,8 +257,13 @@ def test_a_large_dataset_is_the_same_built_in_worker_processes_and_a_bad_caption
         return tmp_path / out
 
     here, there = made("one-process", 1), made("workers", 2)
+    # Samples are made a block at a time: a last block of 4 (read here) after one of 66
+    # (read in workers) gives the same dataset.
+    monkeypatch.setattr(dataset_module, "SAMPLE_BLOCK", MIN_ITEMS_FOR_WORKERS + 2)
+    in_blocks = made("blocks", 2)
     for name in ("geo.json", "media_sha256.parquet", "stats.json"):
         assert (here / name).read_bytes() == (there / name).read_bytes()
+        assert (here / name).read_bytes() == (in_blocks / name).read_bytes()
     assert len(json.loads((there / "geo.json").read_text())) == count
     (captions / "img042.json").write_text('{"image_id": "img042", "caption": {"answer": 1}}')
     with pytest.raises(GeolocsftError, match=r"img042\.json: not a readable geo-caption file"):

@@ -14,6 +14,7 @@ map with :class:`concurrent.futures.process.BrokenProcessPool` instead of hangin
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +44,9 @@ def map_in_processes(
         yield from map(function, items)
         return
     chunk = max(1, min(MAX_CHUNK, len(items) // (workers * 8)))
+    # The parent's objects go to the collector's permanent generation: a collection in a
+    # worker would otherwise write to every one of them and copy the pages they are on.
+    gc.freeze()
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
@@ -50,3 +54,4 @@ def map_in_processes(
     finally:
         # After a failure (or when the caller stops early) the chunks not started are dropped.
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()

@@ -204,6 +204,8 @@ def read_caption_index(path: Path | str) -> pl.DataFrame:
     return index.select([c for c in CAPTION_INDEX_COLUMNS if c in names]).collect()
 
 
+#: Samples made at a time (their captions read in worker processes, then written).
+SAMPLE_BLOCK = 65_536
 #: Ids listed per reason for skipping in the dataset's stats.
 SKIPPED_EXAMPLES = 10
 
@@ -388,21 +390,8 @@ def build_dataset(
         raise GeolocsftError(
             f"sft dataset {settings.name}: no usable caption (skipped: {dict(selection.skipped)})"
         )
-    image_ids: list[str] = images["image_id"].to_list()
-    media_paths = [media_relpath(image_id) for image_id in image_ids]
-    # The caption index says where each caption file is (indexes written before it did not).
-    caption_files = [
-        str(captions_dir / relpath if relpath else find_caption_file(captions_dir, image_id))
-        for image_id, relpath in zip(image_ids, images["caption_path"], strict=True)
-    ]
-    # Reading and validating every caption is the O(N) part of a rebuild: in worker processes.
-    texts = map_in_processes(
-        partial(_assistant_text_of_file, target=settings.target),
-        list(zip(caption_files, images["lat"], images["lon"], strict=True)),
-        workers or os.cpu_count() or 1,
-    )
-    del caption_files
     user_turn = {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"}
+    captions = str(captions_dir)
     lengths = np.empty(images.height, dtype=np.int64)
     counts = Counter[bool]()
     with (
@@ -411,23 +400,39 @@ def build_dataset(
             out_dir / f"{settings.name}_val.json" if settings.validation_fraction > 0 else None
         ) as validation,
     ):
-        for i, (image_id, media_path, text) in enumerate(
-            zip(image_ids, media_paths, texts, strict=True)
-        ):
-            sample = {
-                "conversations": [user_turn, {"role": "assistant", "content": text}],
-                "images": [media_path],
-            }
-            held_out = in_fraction(image_id, settings.validation_fraction, settings.split_salt)
-            (validation if held_out else train).write(sample)
-            counts[held_out] += 1
-            lengths[i] = len(text)
+        # A block of images at a time: the Python objects of a million never exist at once.
+        for start in range(0, images.height, SAMPLE_BLOCK):
+            block = images.slice(start, SAMPLE_BLOCK)
+            image_ids: list[str] = block["image_id"].to_list()
+            # The caption index says where each caption file is (older indexes did not).
+            caption_files = [
+                f"{captions}/{relpath}"
+                if relpath
+                else str(find_caption_file(captions_dir, image_id))
+                for image_id, relpath in zip(image_ids, block["caption_path"], strict=True)
+            ]
+            # Reading and validating every caption is the O(N) part of a rebuild: in workers.
+            texts = map_in_processes(
+                partial(_assistant_text_of_file, target=settings.target),
+                list(zip(caption_files, block["lat"], block["lon"], strict=True)),
+                workers or os.cpu_count() or 1,
+            )
+            for i, (image_id, text) in enumerate(zip(image_ids, texts, strict=True), start):
+                sample = {
+                    "conversations": [user_turn, {"role": "assistant", "content": text}],
+                    "images": [media_relpath(image_id)],
+                }
+                held_out = in_fraction(image_id, settings.validation_fraction, settings.split_salt)
+                (validation if held_out else train).write(sample)
+                counts[held_out] += 1
+                lengths[i] = len(text)
         if not counts[False]:
             raise GeolocsftError(f"sft dataset {settings.name}: every sample fell into validation")
     # The media after the captions: a broken caption is reported before hours of preparation.
     if prepared is None:
         prepared, _ = prepare_media(images, settings, memo_dir, progress, workers)
     media = _media_of(images, prepared, settings.name)
+    media_paths = [media_relpath(image_id) for image_id in images["image_id"]]
     BlobStore(memo_dir).link_all(out_dir, zip(media.to_list(), media_paths, strict=True))
     pl.DataFrame(
         {"path": media_paths, "sha256": media}, schema={"path": pl.String, "sha256": pl.String}
