@@ -4,21 +4,21 @@ from pathlib import Path
 
 import polars as pl
 
-from geolocsft.baselines import KnnSettings, predict_knn, training_set
+from geolocsft.baselines import BASELINE_MANIFEST_COLUMNS, KnnSettings, predict_knn, training_set
 from geolocsft.leakage import excluded_ids
 from geolocsft.settings import from_config
 from geolocsft.splits import evaluation_targets
 from geolocsft.workflow import run_script
 
-#: The manifest columns the baseline reads (a million-row manifest holds many more).
-COLUMNS = ["image_id", "lat", "lon", "split"]
-
 
 def main(smk) -> None:
     train = training_set(
-        pl.read_parquet(smk.input.corpus, columns=COLUMNS), excluded_ids(Path(smk.input.excluded))
+        pl.read_parquet(smk.input.corpus, columns=BASELINE_MANIFEST_COLUMNS),
+        excluded_ids(Path(smk.input.excluded)),
     )
-    targets = evaluation_targets(pl.read_parquet(smk.input.targets, columns=COLUMNS))
+    targets = evaluation_targets(
+        pl.read_parquet(smk.input.targets, columns=BASELINE_MANIFEST_COLUMNS)
+    )
     predictions = predict_knn(
         train,
         pl.scan_parquet(smk.input.corpus_features),  # read in batches: only the rows used

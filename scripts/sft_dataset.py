@@ -7,7 +7,7 @@ import polars as pl
 from geolocsft.leakage import excluded_ids
 from geolocsft.settings import from_config
 from geolocsft.sft.dataset import (
-    MANIFEST_COLUMNS,
+    DATASET_MANIFEST_COLUMNS,
     DatasetSettings,
     build_dataset,
     read_caption_index,
@@ -20,7 +20,7 @@ def main(smk) -> None:
     settings = from_config(DatasetSettings, smk.params.settings, f"sft.datasets.{name}", name=name)
     parts = list(getattr(smk.input, "media_parts", []))
     build_dataset(
-        manifest=pl.read_parquet(smk.input.manifest, columns=MANIFEST_COLUMNS),
+        manifest=pl.read_parquet(smk.input.manifest, columns=DATASET_MANIFEST_COLUMNS),
         caption_index=read_caption_index(smk.input.index),
         captions_dir=Path(smk.input.captions),
         instruction=Path(smk.input.instruction).read_text(encoding="utf-8"),

@@ -7,7 +7,7 @@ import polars as pl
 from geolocsft.leakage import excluded_ids
 from geolocsft.settings import from_config
 from geolocsft.sft.dataset import (
-    MANIFEST_COLUMNS,
+    DATASET_MANIFEST_COLUMNS,
     DatasetSettings,
     images_of_part,
     prepare_media,
@@ -21,7 +21,7 @@ def main(smk) -> None:
     name = smk.wildcards.sft_dataset
     settings = from_config(DatasetSettings, smk.params.settings, f"sft.datasets.{name}", name=name)
     selection = select_images(
-        pl.read_parquet(smk.input.manifest, columns=MANIFEST_COLUMNS),
+        pl.read_parquet(smk.input.manifest, columns=DATASET_MANIFEST_COLUMNS),
         read_caption_index(smk.input.index),
         settings,
         excluded_ids(Path(smk.input.excluded)),

@@ -27,6 +27,8 @@ from geolocsft.vector_index import nearest_neighbours
 
 #: Above this many training points the medoid is searched in a fixed-seed sample of them.
 MEDOID_SAMPLE = 5000
+#: The manifest columns the baselines read (a million-row manifest holds many more).
+BASELINE_MANIFEST_COLUMNS = ["image_id", "lat", "lon", "split"]
 #: Rows of a features file read at once by the kNN baseline.
 FEATURE_BATCH_ROWS = 65_536
 

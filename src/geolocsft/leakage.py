@@ -129,6 +129,17 @@ def _as_uint64(hexes: pl.Series) -> npt.NDArray[np.uint64]:
     return np.array([int(h, 16) for h in hexes.to_list()], dtype=np.uint64)
 
 
+#: The manifest columns the check reads (a million-row manifest holds many more).
+LEAKAGE_MANIFEST_COLUMNS = ("image_id", "sha256", "path", "split", "phash")
+
+
+def read_leakage_columns(path: Path | str) -> pl.DataFrame:
+    """The columns of a manifest (Parquet) that :func:`find_leaks` reads."""
+    manifest = pl.scan_parquet(path)
+    names = manifest.collect_schema().names()
+    return manifest.select([c for c in LEAKAGE_MANIFEST_COLUMNS if c in names]).collect()
+
+
 def eval_images(corpus: pl.DataFrame, benchmarks: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     """Every eval image: the corpus' test split (``holdout``) and every benchmark's rows."""
     parts = [corpus.filter(pl.col("split") == TEST).with_columns(pl.lit(HOLDOUT).alias("eval_set"))]

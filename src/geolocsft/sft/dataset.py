@@ -191,7 +191,7 @@ class Selection:
 
 
 #: The manifest columns a dataset is made from (a million-row manifest holds many more).
-MANIFEST_COLUMNS = ["image_id", "path", "sha256", "lat", "lon", "split"]
+DATASET_MANIFEST_COLUMNS = ["image_id", "path", "sha256", "lat", "lon", "split"]
 #: The caption index columns it reads.
 CAPTION_INDEX_COLUMNS = ("image_id", "status", "failure_reason", "flagged", "caption_path")
 
