@@ -34,6 +34,7 @@ from geolocsft.captions.stage import run_stage
 from geolocsft.captions.store import ResponseStore, key_maker, response_key
 from geolocsft.captions.validate import ContentError, parse_caption
 from geolocsft.errors import GeolocsftError
+from geolocsft.io import file_sha256
 from geolocsft.settings import configured, with_defaults
 from geolocsft.testing.standin import Standin, StandinState, caption_for
 
@@ -214,6 +215,7 @@ def test_adding_k_images_makes_exactly_k_calls_into_a_sharded_folder(tmp_path):
         path = caption_file(folder, row["image_id"])
         assert path.parent.parent == folder  # captions/<2 hex>/<id>.json
         assert (folder / row["caption_path"]) == path
+        assert row["caption_sha256"] == file_sha256(path)  # what a dataset reuses its text by
         assert read_caption(path)["caption"]["thinking"]["1km_analysis"]["vegetation"]
 
 
@@ -530,6 +532,7 @@ def test_a_memoized_caption_file_is_byte_identical_to_one_rebuilt_from_the_store
     assert tree(tmp_path / "captions") == fresh
     linked = tmp_path / "captions" / index["caption_path"][0]
     assert linked.stat().st_nlink == 2  # the output file and its blob
+    assert index["caption_sha256"][0] == file_sha256(linked)
     # Rebuilt from the store alone (memo deleted): the same bytes again.
     shutil.rmtree(tmp_path / "memo")
     run(items, gemini("http://127.0.0.1:9"), tmp_path, memo=True)

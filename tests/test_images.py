@@ -19,7 +19,10 @@ def write_media_image(photo: Path, media: Path, dataset: DatasetSettings) -> Non
     """The media file of ``photo`` exactly as sft_dataset makes it (memoized preparation)."""
     memo = media.parent / "memo"
     source = {"image_id": "photo", "path": str(photo), "sha256": "sha-of-" + photo.name}
-    images = pl.DataFrame([{**source, "lat": 0.0, "lon": 0.0, "caption_path": None}], IMAGE_SCHEMA)
+    images = pl.DataFrame(
+        [{**source, "lat": 0.0, "lon": 0.0, "caption_path": None, "caption_sha256": None}],
+        IMAGE_SCHEMA,
+    )
     prepared, _ = prepare_media(images, dataset, memo, progress=False)
     BlobStore(memo).link(prepared["media_sha256"][0], media)
 

@@ -80,6 +80,7 @@ def test_media_from_worker_processes_are_byte_identical(photos, tmp_path):
             "lat": [0.0] * len(photos),
             "lon": [0.0] * len(photos),
             "caption_path": [None] * len(photos),
+            "caption_sha256": [None] * len(photos),
         },
         schema=IMAGE_SCHEMA,
     )

@@ -290,3 +290,53 @@ def test_dataset_files_are_the_bytes_of_indented_json_whatever_the_strings(tmp_p
         write_samples(tmp_path / "geo.json", chosen)
         expected = json_bytes(chosen, indent=1, sort_keys=False)
         assert (tmp_path / "geo.json").read_bytes() == expected
+
+
+def test_a_rebuild_reads_only_caption_files_it_has_not_seen(tmp_path, monkeypatch):
+    """With each caption file's sha256 in the index, a sample's text is reused from the memo:
+    adding an image and changing one caption reads those two files; the dataset is the bytes
+    of one built from scratch, and of one from an index without hashes (every file read)."""
+    read: list[str] = []
+    real = dataset_module._assistant_text_of_file
+
+    def counted(caption_file: tuple[str, float, float], target: str) -> str:
+        read.append(Path(caption_file[0]).stem)
+        return real(caption_file, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dataset_module, "_assistant_text_of_file", counted)
+    captions = tmp_path / "captions"
+    ids = [f"i{n}" for n in range(6)]
+    images = {i: write_photo(tmp_path / "images" / f"{i}.jpg", seed=n) for n, i in enumerate(ids)}
+    for image_id in ids:
+        caption_file(captions, image_id, 1.0, 1.0, thinking=True)
+
+    def made(out: str, image_ids: list[str], memo: str, hashed: bool = True, **options) -> Path:
+        index = index_of(image_ids)
+        if hashed:
+            index = index.with_columns(
+                pl.Series([file_sha256(captions / f"{i}.json") for i in image_ids]).alias(
+                    "caption_sha256"
+                )
+            )
+        settings = configured(DatasetSettings, name="geo", **{"target": "full", **options})
+        build_dataset(
+            manifest_of({i: images[i] for i in image_ids}), index, captions, "Where?\n",
+            settings, tmp_path / out, memo_dir=tmp_path / memo, progress=False, workers=1,
+        )  # fmt: skip
+        return tmp_path / out
+
+    made("first", ids[:5], "memo")
+    assert sorted(read) == ids[:5]
+    read.clear()
+    caption_file(captions, "i2", 3.0, 4.0, thinking=True)  # a caption that changed
+    again = made("again", ids, "memo")
+    assert sorted(read) == ["i2", "i5"]
+    read.clear()
+    fresh, unhashed = made("fresh", ids, "memo-fresh"), made("unhashed", ids, "memo", hashed=False)
+    assert sorted(read) == sorted(ids + ids)  # a fresh memo, and an index without hashes: all read
+    for name in ("geo.json", "stats.json"):
+        assert (again / name).read_bytes() == (fresh / name).read_bytes()
+        assert (again / name).read_bytes() == (unhashed / name).read_bytes()
+    read.clear()
+    made("answer", ids, "memo", target="answer")  # another target: other texts
+    assert sorted(read) == ids

@@ -147,6 +147,7 @@ class BatchRun:
                 flagged=written.flagged,
                 distance_km=written.distance_km,
                 caption_path=written.path,
+                caption_sha256=written.sha256,
             )
         reason, detail = failures.get(key, ("batch_missing", "no answer in the batch job"))
         attempt = Attempt(reason, detail)

@@ -187,6 +187,7 @@ class Written:
     flagged: bool
     distance_km: float
     origin: str
+    sha256: str  # of the file's bytes
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,7 @@ class CaptionFolder:
             self.out_dir, zip((memo.blob for _, memo in found), relpaths, strict=True)
         )
         return [
-            Written(relpath, memo.flagged, memo.distance_km, memo.origin)
+            Written(relpath, memo.flagged, memo.distance_km, memo.origin, memo.blob)
             for relpath, (_, memo) in zip(relpaths, found, strict=True)
         ]
 
@@ -302,6 +303,7 @@ class CaptionFolder:
         origin = document["provenance"]["origin"]
         if self.blobs is None:
             atomic_write_bytes(Path(target), data, fsync=False)
+            blob = hashlib.sha256(data).hexdigest()
         else:
             blob = self.blobs.put(data)
             self._link(blob, target)
@@ -317,12 +319,7 @@ class CaptionFolder:
                 full = len(self._records) >= MEMO_FLUSH
             if full:
                 self.save()  # in parts, so a million new records never wait in memory
-        return Written(
-            relpath,
-            check["flagged"],
-            check["answer_distance_km"],
-            origin,
-        )
+        return Written(relpath, check["flagged"], check["answer_distance_km"], origin, blob)
 
     def save(self) -> None:
         """Add this run's new memo records (one Parquet part)."""

@@ -42,6 +42,7 @@ INDEX_SCHEMA = {
     "attempt_reasons": pl.String,
     "store_key": pl.String,
     "caption_path": pl.String,
+    "caption_sha256": pl.String,
 }
 FAILURES_SCHEMA = {
     "image_id": pl.String,
@@ -77,6 +78,8 @@ class Outcome:
     distance_km: float | None = None
     failure_class: str | None = None
     caption_path: str | None = None
+    #: sha256 of the caption file's bytes (what a dataset built from it may reuse by)
+    caption_sha256: str | None = None
 
     @property
     def reason(self) -> str | None:
@@ -105,6 +108,7 @@ def index_frame(outcomes: list[Outcome]) -> pl.DataFrame:
             ],
             "store_key": [o.key for o in outcomes],
             "caption_path": [o.caption_path for o in outcomes],
+            "caption_sha256": [o.caption_sha256 for o in outcomes],
         },
         schema=INDEX_SCHEMA,
     )

@@ -309,6 +309,7 @@ class Requester:
                 written.flagged,
                 written.distance_km,
                 caption_path=written.path,
+                caption_sha256=written.sha256,
             )
 
     def stamp(self, key: str) -> str:

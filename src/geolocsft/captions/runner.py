@@ -129,6 +129,7 @@ class CaptionRun:
             flagged=written.flagged,
             distance_km=written.distance_km,
             caption_path=written.path,
+            caption_sha256=written.sha256,
         )
 
     def _known(
@@ -168,6 +169,7 @@ class CaptionRun:
                     flagged=written.flagged,
                     distance_km=written.distance_km,
                     caption_path=written.path,
+                    caption_sha256=written.sha256,
                 )
             for position, (item, key) in enumerate(zip(chunk, keys, strict=True), start):
                 if known[position] is not None:

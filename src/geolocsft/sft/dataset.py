@@ -23,7 +23,11 @@ memo's blob store under its sha256, keyed by the source image's sha256 and versi
 preparation settings and the image code, and hard-linked into ``media/``. Adding 100 images to
 100,000 prepares only the 100; a reused file is byte-identical to a freshly prepared one. With
 ``scale_out.parts > 1`` the preparation runs as part jobs (:func:`prepare_media` on the images
-of one part) and the dataset job only links what they stored.
+of one part) and the dataset job only links what they stored. A sample's assistant turn is
+memoized by the caption file's sha256 (from the caption index) and the true coordinates
+(:class:`AssistantTexts`): a rebuild reads and validates only the caption files it has not seen.
+Samples are written as they are made, a block at a time: nothing per image of the whole dataset
+is held in memory.
 
 Image paths are relative to the dataset folder, which LLaMA-Factory uses as ``dataset_dir``
 (and ``media_dir``). The build is deterministic: the same captions and images give the same
@@ -32,11 +36,12 @@ bytes, so a dataset can be audited and re-made from the response store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -94,6 +99,7 @@ IMAGE_SCHEMA = {
     "lat": pl.Float64,
     "lon": pl.Float64,
     "caption_path": pl.String,
+    "caption_sha256": pl.String,
 }
 
 
@@ -142,6 +148,67 @@ def _assistant_text_of_file(caption_file: tuple[str, float, float], target: Targ
     """:func:`assistant_text` of a caption file (path, true lat, true lon)."""
     path, lat, lon = caption_file
     return assistant_text(read_geocaption(Path(path)), target, lat, lon, path)
+
+
+class AssistantTexts:
+    """The assistant turns of samples, memoized by the caption file's content.
+
+    Reading and validating every caption file is the O(N) part of a rebuild. A caption index
+    gives each file's sha256 (``caption_sha256``), so the text made from a file is kept in the
+    per-item memo under (that sha256, the true coordinates), versioned by the target and the
+    code that makes it: a rebuild reads only the files it has not seen. The others are read in
+    worker processes; a file without a known sha256 (an index from before) is always read.
+    """
+
+    def __init__(self, memo_dir: Path, target: Target) -> None:
+        self.target = target
+        self.table = ItemTable(
+            memo_dir, "sft_texts", memo_version(target, module_code_version("sft.dataset"))
+        )
+
+    @staticmethod
+    def key(caption_sha256: str, lat: float, lon: float) -> str:
+        return hashlib.sha256(f"{caption_sha256}\0{lat!r}\0{lon!r}".encode()).hexdigest()
+
+    def texts(
+        self,
+        caption_sha256s: Sequence[str | None],
+        caption_files: Sequence[tuple[str, float, float]],
+        workers: int,
+    ) -> list[str]:
+        """The text of each caption file (path, true lat, true lon), in order."""
+        keys = [
+            self.key(sha, lat, lon) if sha else None
+            for sha, (_, lat, lon) in zip(caption_sha256s, caption_files, strict=True)
+        ]
+        wanted = [k for k in keys if k is not None]
+        stored = self.table.load(wanted) if wanted else None
+        known = dict(zip(stored["key"], stored["text"], strict=True)) if stored is not None else {}
+        todo = [i for i, key in enumerate(keys) if key is None or key not in known]
+        read = map_in_processes(
+            partial(_assistant_text_of_file, target=self.target),
+            [caption_files[i] for i in todo],
+            workers,
+        )
+        texts = [known.get(key) if key is not None else None for key in keys]
+        new: dict[str, str] = {}
+        for i, text in zip(todo, read, strict=True):
+            texts[i] = text
+            if keys[i] is not None:
+                new[keys[i]] = text  # type: ignore[index]
+        if new:
+            self.table.add(
+                pl.DataFrame(
+                    {"key": list(new), "text": list(new.values())},
+                    schema={"key": pl.String, "text": pl.String},
+                )
+            )
+        log.info(
+            "sample texts: %d read from caption files, %d from the memo",
+            len(todo),
+            len(keys) - len(todo),
+        )
+        return texts  # type: ignore[return-value]
 
 
 def image_preparation(settings: DatasetSettings) -> ImagePreparation:
@@ -193,7 +260,14 @@ class Selection:
 #: The manifest columns a dataset is made from (a million-row manifest holds many more).
 DATASET_MANIFEST_COLUMNS = ["image_id", "path", "sha256", "lat", "lon", "split"]
 #: The caption index columns it reads.
-CAPTION_INDEX_COLUMNS = ("image_id", "status", "failure_reason", "flagged", "caption_path")
+CAPTION_INDEX_COLUMNS = (
+    "image_id",
+    "status",
+    "failure_reason",
+    "flagged",
+    "caption_path",
+    "caption_sha256",
+)
 
 
 def read_caption_index(path: Path | str) -> pl.DataFrame:
@@ -229,10 +303,9 @@ def select_images(
         if "failure_reason" in caption_index.columns
         else pl.lit(None, dtype=pl.String)
     )
-    caption_path = (
-        pl.col("caption_path").cast(pl.String)
-        if "caption_path" in caption_index.columns
-        else pl.lit(None, dtype=pl.String)
+    caption_path, caption_sha256 = (
+        pl.col(name).cast(pl.String) if name in caption_index.columns else pl.lit(None, pl.String)
+        for name in ("caption_path", "caption_sha256")
     )
     # true/false from the index's CSV (a column of nothing but empty cells reads as strings)
     flagged = (pl.col("flagged").cast(pl.String).str.to_lowercase() == "true").fill_null(False)
@@ -262,6 +335,7 @@ def select_images(
             failure.cast(pl.String).alias("failure_reason"),
             flagged.alias("flagged"),
             caption_path.alias("caption_path"),
+            caption_sha256.alias("caption_sha256"),
         )
         .sort("image_id")
         .join(train, on="image_id", how="left", maintain_order="left")
@@ -392,6 +466,7 @@ def build_dataset(
         )
     user_turn = {"role": "user", "content": f"{IMAGE_TOKEN}{instruction.strip()}"}
     captions = str(captions_dir)
+    texts_memo = AssistantTexts(memo_dir, settings.target)
     lengths = np.empty(images.height, dtype=np.int64)
     counts = Counter[bool]()
     with (
@@ -411,9 +486,8 @@ def build_dataset(
                 else str(find_caption_file(captions_dir, image_id))
                 for image_id, relpath in zip(image_ids, block["caption_path"], strict=True)
             ]
-            # Reading and validating every caption is the O(N) part of a rebuild: in workers.
-            texts = map_in_processes(
-                partial(_assistant_text_of_file, target=settings.target),
+            texts = texts_memo.texts(
+                block["caption_sha256"].to_list(),
                 list(zip(caption_files, block["lat"], block["lon"], strict=True)),
                 workers or os.cpu_count() or 1,
             )
