@@ -390,3 +390,33 @@ def test_empty_and_non_numeric_coordinates_are_described_plainly(tmp_path):
     assert details["b"] == "lat = 'north' is not a number"
     assert details["c"] == "lon = 'inf' is not a finite number"
     assert "None" not in " ".join(details.values())
+
+
+def test_reverse_geocoding_is_memoized_per_point(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """Places of points seen before come from the memo: a second run with two new points
+    searches the places table for those two only, and gives the columns of a search of all."""
+    from geolocsft import geocode
+
+    searched: list[int] = []
+    real = geocode.reverse_geocode
+
+    def counted(lat, lon, max_km: float = 100.0) -> pl.DataFrame:
+        searched.append(len(lat))
+        return real(lat, lon, max_km)
+
+    monkeypatch.setattr(geocode, "reverse_geocode", counted)
+    lat = pl.Series([48.8566, 32.3078, 41.9028, 48.8566, 0.0])  # Paris twice, the open sea
+    lon = pl.Series([2.3522, -64.7505, 12.4964, 2.3522, -140.0])
+    memo = tmp_path / "memo"
+    first = geocode.reverse_geocode_memoized(lat, lon, 100.0, memo)
+    assert searched == [4]  # each distinct point once
+    assert first["country_code"].to_list() == ["FR", "BM", "IT", "FR", None]
+    more_lat, more_lon = (
+        pl.concat([lat, pl.Series([35.6762, 0.1 + 0.2])]),
+        pl.concat([lon, pl.Series([139.6503, 0.3])]),
+    )
+    again = geocode.reverse_geocode_memoized(more_lat, more_lon, 100.0, memo)
+    assert searched == [4, 2]
+    assert again.equals(real(more_lat, more_lon, 100.0))
+    geocode.reverse_geocode_memoized(lat, lon, 50.0, memo)  # another distance: another memo
+    assert searched == [4, 2, 4]

@@ -19,6 +19,13 @@ import polars as pl
 from geolocsft.geo import MEAN_EARTH_RADIUS_KM, chord_to_arc_km, to_unit_vectors
 
 GEOCODE_COLUMNS = ("country_code", "admin1", "admin2", "nearest_place", "place_distance_km")
+GEOCODE_SCHEMA = {
+    "country_code": pl.String,
+    "admin1": pl.String,
+    "admin2": pl.String,
+    "nearest_place": pl.String,
+    "place_distance_km": pl.Float64,
+}
 
 
 def _places_table_path() -> Path:
@@ -60,15 +67,7 @@ def reverse_geocode(lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 100.
     lat_arr = np.asarray(lat, dtype=np.float64)
     lon_arr = np.asarray(lon, dtype=np.float64)
     if lat_arr.size == 0:
-        return pl.DataFrame(
-            schema={
-                "country_code": pl.String,
-                "admin1": pl.String,
-                "admin2": pl.String,
-                "nearest_place": pl.String,
-                "place_distance_km": pl.Float64,
-            }
-        )
+        return pl.DataFrame(schema=GEOCODE_SCHEMA)
     places, tree = _places()
     chord, index = tree.query(to_unit_vectors(lat_arr, lon_arr))  # type: ignore[attr-defined]
     distance = chord_to_arc_km(chord, MEAN_EARTH_RADIUS_KM)
@@ -87,4 +86,47 @@ def reverse_geocode(lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 100.
             nearest["name"].alias("nearest_place"),
             pl.Series("place_distance_km", np.round(distance, 3)),
         ]
+    )
+
+
+def reverse_geocode_memoized(
+    lat: pl.Series, lon: pl.Series, max_km: float, memo_dir: Path | None
+) -> pl.DataFrame:
+    """:func:`reverse_geocode`, each distinct (lat, lon) looked up once across runs: with
+    ``memo_dir``, the places of points seen before come from the per-item memo (versioned by
+    ``max_km``, the places table and this code), and only new points load the table and search
+    it (a rerun that adds 100 images to 100,000 geocodes 100)."""
+    if memo_dir is None or lat.len() == 0:
+        return reverse_geocode(lat, lon, max_km)
+    from geolocsft.codegraph import module_code_version
+    from geolocsft.memo import ItemTable, memo_version
+
+    table_file = _places_table_path()
+    version = memo_version(repr(max_km), table_file.stat().st_size, module_code_version("geocode"))
+    memo = ItemTable(memo_dir, "geocode", version)
+    points = pl.DataFrame({"lat": lat, "lon": lon}, schema={"lat": pl.Float64, "lon": pl.Float64})
+    keyed = points.select(
+        pl.format("{} {}", pl.col("lat").cast(pl.String), pl.col("lon").cast(pl.String)).alias(
+            "key"
+        ),
+        "lat",
+        "lon",
+    )
+    known = memo.load(keyed["key"].unique())
+    if known is None:
+        known = pl.DataFrame(schema={"key": pl.String, **GEOCODE_SCHEMA})
+    todo = keyed.unique("key", keep="first", maintain_order=True).join(
+        known.select("key"), on="key", how="anti"
+    )
+    if todo.height:
+        found = pl.concat(
+            [todo.select("key"), reverse_geocode(todo["lat"], todo["lon"], max_km)],
+            how="horizontal",
+        )
+        memo.add(found)
+        known = pl.concat([known.select("key", *GEOCODE_COLUMNS), found])
+    return (
+        keyed.select("key")
+        .join(known, on="key", how="left", maintain_order="left")
+        .select(GEOCODE_COLUMNS)
     )

@@ -29,7 +29,7 @@ import polars as pl
 
 from geolocsft.candidates import Candidates
 from geolocsft.errors import GeolocsftError
-from geolocsft.geocode import reverse_geocode
+from geolocsft.geocode import reverse_geocode_memoized
 from geolocsft.image_check import FACTS_SCHEMA, CheckLimits, default_workers
 from geolocsft.ingest_plan import Plan, check_plan, checked_from_parts, plan_dataset
 from geolocsft.io import atomic_write_json
@@ -133,8 +133,10 @@ def assemble(
     settings: IngestSettings,
     split_mode: SplitMode = "hash",
     failure_report: Path | None = None,
+    memo_dir: Path | None = None,
 ) -> IngestResult:
-    """The manifest, the rejection report, the listing and the summary from checked candidates.
+    """The manifest, the rejection report, the listing and the summary from checked candidates
+    (``memo_dir``: the reverse-geocoded places of points seen before are reused).
 
     Raises :class:`GeolocsftError` when the policy is ``fail`` and any row is unusable (after
     writing every problem to ``failure_report``, when given), or when no image is usable.
@@ -181,7 +183,9 @@ def assemble(
     else:
         splits = ["test" if split_mode == "all_test" else "train"] * manifest.height
     manifest = manifest.with_columns(pl.Series("split", splits, dtype=pl.String))
-    places = reverse_geocode(manifest["lat"], manifest["lon"], settings.reverse_geocode_max_km)
+    places = reverse_geocode_memoized(
+        manifest["lat"], manifest["lon"], settings.reverse_geocode_max_km, memo_dir
+    )
     manifest = pl.concat(
         [
             manifest,
@@ -345,7 +349,7 @@ def ingest(
         checked = checked_from_parts(plan, part_files, settings.limits, workers, memo_dir)
     else:
         checked = check_plan(plan, settings.limits, workers, memo_dir)
-    return assemble(plan, checked, settings, split_mode, failure_report)
+    return assemble(plan, checked, settings, split_mode, failure_report, memo_dir)
 
 
 def write_outputs(
