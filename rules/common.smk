@@ -1,7 +1,6 @@
 # Loads and validates the config and the input tables at parse time, and holds the helper
 # functions the other rule files use. No rules here.
 import functools
-import hashlib
 import os
 import re
 import sys
@@ -23,7 +22,7 @@ from geolocsft.sft.models import hub_model_slug
 from geolocsft.sft.model_family import tiny_family
 from geolocsft.errors import GeolocsftError
 from geolocsft.hub.unpacking import ACQUIRED_COLUMNS
-from geolocsft.image_folder import listing_digests
+from geolocsft.image_folder import combined_digest, listing_digests
 from geolocsft.tables import ColumnMap, check_table_columns
 from geolocsft.settings import canonical, with_defaults
 from geolocsft.workflow import script_code
@@ -240,7 +239,10 @@ def _listing_digests(name):
     dataset = dataset_config(name)
     if dataset.get("acquired"):
         return None  # its source.json (an input) changes whenever its images do
-    return listing_digests(Path(dataset["images"]), config["scale_out"]["parts"])
+    # The listing is kept in the memo, for the ingest job it makes stale to read (one walk);
+    # a dry run writes nothing.
+    keep = None if workflow.dryrun else Path(config["memo"]["dir"])
+    return listing_digests(Path(dataset["images"]), config["scale_out"]["parts"], keep)
 
 
 def images_digest(name, part=None):
@@ -253,7 +255,7 @@ def images_digest(name, part=None):
         return "acquired"
     if part is not None:
         return digests[part]
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
+    return combined_digest(digests)
 
 
 def ingest_part_files(name):

@@ -420,3 +420,33 @@ def test_reverse_geocoding_is_memoized_per_point(tmp_path, monkeypatch: pytest.M
     assert again.equals(real(more_lat, more_lon, 100.0))
     geocode.reverse_geocode_memoized(lat, lon, 50.0, memo)  # another distance: another memo
     assert searched == [4, 2, 4]
+
+
+def test_the_listing_kept_with_its_digest_is_the_folder_scan(tmp_path):
+    """listing_digests keeps the listing under the digest it computed (the ingest job then
+    reads it instead of walking the folder again); a changed folder has another digest."""
+    from geolocsft.image_folder import (
+        combined_digest,
+        listing_digests,
+        remembered_listing,
+        scan_images,
+    )
+
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_photo(folder / f"sub{i % 2}" / f"p{i}.jpg", seed=i)
+    memo = tmp_path / "memo"
+    assert listing_digests(folder) == listing_digests(folder, memo_dir=memo)  # same digests
+    digest = combined_digest(listing_digests(folder))
+    kept = remembered_listing(memo, digest)
+    assert kept is not None and kept.equals(scan_images(folder))
+    write_photo(folder / "p9.jpg", seed=9)
+    assert combined_digest(listing_digests(folder)) != digest
+    assert remembered_listing(memo, combined_digest(listing_digests(folder))) is None
+    settings = configured(IngestSettings)
+    table = tmp_path / "t.csv"
+    table.write_text("id,lat,lon\np0,1,2\np1,3,4\np2,5,6\n")
+    columns = ColumnMap()
+    walked = ingest(folder, table, columns, settings)
+    given = ingest(folder, table, columns, settings, scan=kept)
+    assert walked.manifest.drop("path").equals(given.manifest.drop("path"))

@@ -91,6 +91,8 @@ def test_fail_policy_writes_every_problem_beside_the_log(tmp_path):
     assert sorted(listed["image_id"]) == sorted(f"ghost{i}" for i in range(25))
     log = (workdir / "logs" / "ingest" / "corpus.log").read_text()
     assert "… and 5 more" in log and "All 25 are listed in logs/ingest/corpus-rejected.csv" in log
+    # The job read the folder listing Snakemake made to plan it, not a second walk.
+    assert "image folder listing: the one Snakemake made when it planned this job" in log
     assert not (workdir / "results" / "manifest.parquet").exists()
     # Without the declared encoding the job stops with an error naming the table, the line and
     # the encoding (the header alone, checked at parse time, is plain ASCII here).

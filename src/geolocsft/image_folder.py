@@ -125,17 +125,57 @@ def scan_images(folder: Path) -> pl.DataFrame:
     )
 
 
-def listing_digests(folder: Path, parts: int = 1) -> list[str]:
+def listing_digests(folder: Path, parts: int = 1, memo_dir: Path | None = None) -> list[str]:
     """A digest of the folder's listing (:func:`walk_images`) per part
     (:func:`geolocsft.layout.part_of` of each image's relative path): it changes when an image
-    of that part is added, removed, renamed or rewritten (size, mtime). No file is opened and
-    nothing per image is kept; a copy that keeps the mtimes (``cp -p``, ``rsync -a``) has the
-    same digest."""
+    of that part is added, removed, renamed or rewritten (size, mtime). No file is opened; a
+    copy that keeps the mtimes (``cp -p``, ``rsync -a``) has the same digest.
+
+    With ``memo_dir``, the listing itself is kept there under its digest (see
+    :func:`remembered_listing`), so that the ingest job made stale by this listing reads it
+    instead of walking the folder a second time; without, nothing per image is kept."""
     digests = [hashlib.sha256() for _ in range(parts)]
+    keep = memo_dir is not None
+    relpaths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
     for relpath, size, mtime_ns in walk_images(folder):
         part = part_of(relpath, parts) if parts > 1 else 0
         digests[part].update(f"{relpath}\0{size}\0{mtime_ns}\n".encode())
-    return [d.hexdigest() for d in digests]
+        if keep:
+            relpaths.append(relpath)
+            sizes.append(size)
+            mtimes.append(mtime_ns)
+    found = [d.hexdigest() for d in digests]
+    if memo_dir is not None:
+        path = _listing_path(memo_dir, combined_digest(found))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            pl.DataFrame(
+                {"relpath": relpaths, "bytes": sizes, "mtime_ns": mtimes}, schema=SCAN_SCHEMA
+            ).write_parquet(tmp)
+            tmp.replace(path)
+    return found
+
+
+def combined_digest(digests: list[str]) -> str:
+    """The digest of a whole folder from its parts' :func:`listing_digests`."""
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def _listing_path(memo_dir: Path, digest: str) -> Path:
+    return memo_dir / "listings" / f"{digest}.parquet"
+
+
+def remembered_listing(memo_dir: Path, digest: str) -> pl.DataFrame | None:
+    """The listing (:func:`scan_images`'s table) whose :func:`combined_digest` is ``digest``,
+    when :func:`listing_digests` kept it; else None (walk the folder)."""
+    path = _listing_path(memo_dir, digest)
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError):
+        return None
 
 
 def id_from_relpath(relpath: str) -> str:

@@ -325,6 +325,7 @@ def ingest(
     memo_dir: Path | None = None,
     part_files: list[Path] | None = None,
     failure_report: Path | None = None,
+    scan: pl.DataFrame | None = None,
 ) -> IngestResult:
     """Build the manifest of one dataset.
 
@@ -332,7 +333,8 @@ def ingest(
     ``split_mode="all_test"`` is for benchmarks, whose every image is evaluated.
     Paths in the outputs are written relative to ``path_base`` when they lie under it.
     ``memo_dir`` keeps each image's check for the next run; ``part_files`` are the results of
-    the part jobs (``scale_out.parts``), used instead of checking here.
+    the part jobs (``scale_out.parts``), used instead of checking here. ``scan`` is the image
+    folder's listing when the caller has it (:func:`geolocsft.image_folder.remembered_listing`).
     Raises :class:`GeolocsftError` when the policy is ``fail`` and any row is unusable, or when
     no image at all is usable.
     """
@@ -343,6 +345,7 @@ def ingest(
         split_by=settings.split_by if split_mode == "hash" else None,
         encoding=encoding,
         path_base=path_base,
+        scan=scan,
     )
     workers = default_workers(settings.workers)
     if part_files:

@@ -66,14 +66,19 @@ def plan_dataset(
     split_by: str | None = None,
     encoding: str = "utf-8",
     path_base: Path | None = None,
+    scan: pl.DataFrame | None = None,
 ) -> Plan:
-    """Read the table and the folder (recursively, one stat per image) and resolve every row."""
+    """Read the table and the folder (recursively, one stat per image) and resolve every row.
+    ``scan``: the folder's listing when it was just made (:func:`scan_images`' table)."""
 
     def display(path: Path) -> str:
         return _display(path, path_base)
 
     if metadata_table is not None:
-        scan = scan_images(images_dir) if images_dir.is_dir() else pl.DataFrame(schema=SCAN_SCHEMA)
+        if scan is None:
+            scan = (
+                scan_images(images_dir) if images_dir.is_dir() else pl.DataFrame(schema=SCAN_SCHEMA)
+            )
         index = FolderIndex(scan["relpath"].to_list())
         found = from_table(
             metadata_table, images_dir, index, column_map, display, encoding, split_by
@@ -85,7 +90,8 @@ def plan_dataset(
                 f"{images_dir} has no metadata table (EXIF GPS mode); use "
                 "ingest.split_group_pattern on the ids instead"
             )
-        scan = scan_images(images_dir)
+        if scan is None:
+            scan = scan_images(images_dir)
         found = from_folder(images_dir, scan["relpath"].to_list(), display)
     drop_duplicates(found, display, images_dir)
     shown_dir = display(images_dir)
