@@ -127,3 +127,21 @@ def test_a_directory_digest_is_remembered_by_its_listing_and_follows_path_compon
     edited = artifact_digest(folder, FileHashes.in_memo(memo))
     assert edited["sha256"] != digest["sha256"]
     assert edited == artifact_digest(folder)  # the same as hashing every file
+
+
+def test_blob_presence_by_listing_matches_a_stat_of_each(tmp_path: Path, monkeypatch) -> None:
+    """Many blobs are checked from one listing of the store: the same answers as a stat each,
+    a deleted blob (a pruned memo) and an unknown digest included."""
+    from geolocsft import memo as memo_module
+
+    store = BlobStore(tmp_path / "memo")
+    digests = [store.put(f"blob {i}".encode()) for i in range(20)]
+    store.path(digests[3]).chmod(0o644)
+    store.path(digests[3]).unlink()
+    asked = [*digests, "0" * 64, "ff" + "1" * 62]
+    by_stat = [store.has(d) for d in asked]
+    assert by_stat.count(False) == 3
+    monkeypatch.setattr(memo_module, "PRESENT_BY_LISTING", 2)
+    assert store.present(asked) == by_stat
+    monkeypatch.setattr(memo_module, "PRESENT_BY_LISTING", 10_000)
+    assert store.present(asked) == by_stat

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: Threads that link blobs into an output folder, and links per task.
 LINK_THREADS = 2
 LINK_BATCH = 2048
+#: From this many blobs on, :meth:`BlobStore.present` lists the store instead of a stat each.
+PRESENT_BY_LISTING = 1_000
 #: Parts of an item table beyond which the next write compacts them into one.
 MAX_PARTS = 16
 _READ_ATTEMPTS = 5
@@ -175,6 +177,20 @@ class BlobStore:
 
     def has(self, sha256: str) -> bool:
         return os.path.isfile(self.file(sha256))  # noqa: PTH113 (hot path)
+
+    def present(self, digests: Sequence[str]) -> list[bool]:
+        """:meth:`has` of each digest. Many are answered from one listing of the store's
+        folders (no stat per blob: a rerun checks every media file it will link)."""
+        if len(digests) < PRESENT_BY_LISTING:
+            return [self.has(digest) for digest in digests]
+        stored: set[str] = set()
+        for shard in {digest[:2] for digest in digests}:
+            try:
+                with os.scandir(f"{self.root}/{shard}") as entries:
+                    stored.update(e.name for e in entries if not e.name.startswith("."))
+            except FileNotFoundError:
+                continue
+        return [digest in stored for digest in digests]
 
     def link_all(self, folder: Path, blobs_and_paths: Iterable[tuple[str, str]]) -> None:
         """Put each blob at its path relative to ``folder`` (as :meth:`link`), each subfolder

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -190,8 +190,9 @@ class Written:
     sha256: str  # of the file's bytes
 
 
-@dataclass(frozen=True)
-class _Memo:
+class _Memo(NamedTuple):
+    """A memoized caption file (a tuple: a rerun makes one per image)."""
+
     blob: str
     flagged: bool
     distance_km: float

@@ -387,7 +387,7 @@ def prepare_media(
     if stored is None:
         stored = pl.DataFrame(schema={"key": pl.String, "media_sha256": pl.String})
     # A memo record whose blob was deleted (a pruned memo) is prepared again.
-    present = [blobs.has(media_sha256) for media_sha256 in stored["media_sha256"]]
+    present = blobs.present(stored["media_sha256"].to_list())
     stored = stored.filter(pl.Series(present, dtype=pl.Boolean))
     todo = contents.join(
         stored, left_on="sha256", right_on="key", how="anti", maintain_order="left"
