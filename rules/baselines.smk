@@ -2,9 +2,10 @@
 # Both learn from the corpus' train split minus the training images that are eval images
 # (rules/leakage.smk). Image features are memoized per image (memo.dir); with scale_out.parts > 1
 # they are computed in that many part jobs and gathered. The features go first after ingest
-# (priority), so that the kNN baseline (one thread: numpy) and its evaluation run beside the
-# caption job (one thread) instead of after the dataset (two): a rerun that adds 100 images to
-# 100,000 took 2 s less (BENCHMARKS.md, "incremental").
+# (priority 2, then the caption job: 1), so that the kNN baseline (one thread: numpy) and its
+# evaluation run beside the caption job (one thread) instead of after the dataset (two). When
+# few images are new, the features job asks for one thread (feature_threads: the pass over
+# known images uses one core) and runs beside the caption job (BENCHMARKS.md, "incremental").
 
 FEATURE_KEYS = ("thumbnail_px", "histogram_bins")
 FEATURE_SETTINGS = {k: config["baselines"]["knn"][k] for k in FEATURE_KEYS}
@@ -23,10 +24,10 @@ if FEATURE_PARTS == 1:
             "logs/baselines/features-{dataset}.log",
         benchmark:
             "results/runtime/baselines/features-{dataset}.tsv"
-        priority: 1
+        priority: 2
         conda:
             "../envs/baselines.yaml"
-        threads: 2
+        threads: feature_threads(2)
         params:
             settings=FEATURE_SETTINGS,
             part=0,
@@ -52,7 +53,7 @@ else:
             "results/runtime/baselines/features-{dataset}-part-{part}.tsv"
         wildcard_constraints:
             part=r"\d+",
-        priority: 1
+        priority: 2
         conda:
             "../envs/baselines.yaml"
         threads: 2
@@ -79,7 +80,7 @@ else:
             provenance=provenance("image_features", "{dataset}"),
         log:
             "logs/baselines/features-{dataset}.log",
-        priority: 1
+        priority: 2
         conda:
             "../envs/baselines.yaml"
         params:

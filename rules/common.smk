@@ -336,3 +336,62 @@ def all_targets():
     targets += [f"results/train/{run}/adapter" for run in SKIPPED_GPU_ONLY_RUNS]
     targets.append("results/audit/manifest.json")
     return targets
+
+
+def feature_threads(most):
+    """`threads:` of image_features: `most`, or one when few images are new (not in the memo),
+    counted when the job is scheduled (geolocsft.parallel.threads_for_new_items)."""
+
+    def threads(wildcards, input):
+        from geolocsft.features import FeatureSettings, new_contents
+        from geolocsft.parallel import threads_for_new_items
+        from geolocsft.settings import from_config
+
+        settings = from_config(FeatureSettings, FEATURE_SETTINGS)
+        new = new_contents(Path(input.manifest), settings, Path(config["memo"]["dir"]))
+        return threads_for_new_items(
+            most, new, config["scale_out"]["parallel_from_new_items"]
+        )
+
+    return threads
+
+
+def dataset_threads(most):
+    """`threads:` of sft_dataset: `most`, or one when few of its images need media prepared or
+    captions read (not in the memo), counted when the job is scheduled
+    (geolocsft.parallel.threads_for_new_items); with scale_out.parts > 1 the part jobs
+    prepare the media."""
+
+    def threads(wildcards, input):
+        if not all(
+            Path(f).is_file() for f in (input.manifest, input.index, input.excluded)
+        ):
+            return most  # not made yet: Snakemake asks again when it schedules the job
+        import polars as pl
+
+        from geolocsft.leakage import excluded_ids
+        from geolocsft.parallel import threads_for_new_items
+        from geolocsft.settings import from_config
+        from geolocsft.sft.dataset import (
+            DATASET_MANIFEST_COLUMNS,
+            DatasetSettings,
+            new_items,
+            read_caption_index,
+        )
+
+        name = wildcards.sft_dataset
+        settings = from_config(
+            DatasetSettings, SFT_DATASETS[name], f"sft.datasets.{name}", name=name
+        )
+        new = new_items(
+            pl.read_parquet(input.manifest, columns=DATASET_MANIFEST_COLUMNS),
+            read_caption_index(input.index),
+            settings,
+            Path(MEMO_DIR),
+            excluded_ids(Path(input.excluded)),
+        )
+        return threads_for_new_items(
+            most, new, config["scale_out"]["parallel_from_new_items"]
+        )
+
+    return threads

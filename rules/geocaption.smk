@@ -25,6 +25,9 @@ rule geocaption:
         failures=f"logs/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.failures.csv",
     benchmark:
         f"results/runtime/geocaption/{CAPTIONER}-{CAPTIONS['prompt_version']}.tsv"
+    # After the image features (priority 2, rules/baselines.smk), before the other jobs: the
+    # captions, then the dataset, are the longest chain of a rerun.
+    priority: 1
     conda:
         "../envs/captions.yaml"
     params:

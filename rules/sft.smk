@@ -74,7 +74,9 @@ rule sft_dataset:
         "results/runtime/sft/dataset-{sft_dataset}.tsv"
     conda:
         "../envs/captions.yaml"
-    threads: 2
+    # The captions, then the dataset, are the longest chain of a rerun (rules/geocaption.smk).
+    priority: 1
+    threads: dataset_threads(2)
     params:
         captioner=CAPTIONER,
         settings=lambda wildcards: SFT_DATASETS[wildcards.sft_dataset],

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from geolocsft.layout import item_path, item_relpath, shard_of
-from geolocsft.memo import MAX_PARTS, BlobStore, ItemTable, memo_version
+from geolocsft.memo import KEPT_LARGEST_PARTS, MAX_PARTS, BlobStore, ItemTable, memo_version
 
 
 def test_item_table_returns_what_was_stored_for_the_asked_keys_across_runs(tmp_path: Path):
@@ -27,9 +27,28 @@ def test_item_table_compacts_many_parts_without_losing_a_record(tmp_path: Path):
     table = ItemTable(tmp_path, "facts", "v1")
     for i in range(MAX_PARTS + 1):
         table.add(pl.DataFrame({"key": [f"k{i}"], "value": [i]}))
-    assert len(table.parts()) == 1
+    assert len(table.parts()) == KEPT_LARGEST_PARTS + 1
     loaded = table.load()
     assert loaded is not None and sorted(loaded["value"]) == list(range(MAX_PARTS + 1))
+
+
+def test_item_table_compaction_merges_the_small_parts_and_leaves_the_large_ones(tmp_path: Path):
+    # A memo of many records and a rerun's small parts: compacting must not rewrite the
+    # large part (a rerun that adds 100 images to a million would rewrite a million records).
+    table = ItemTable(tmp_path, "facts", "v1")
+    table.add(pl.DataFrame({"key": [f"big{i}" for i in range(5000)], "value": range(5000)}))
+    (big,) = table.parts()
+    big_stat = big.stat()
+    for i in range(MAX_PARTS):
+        table.add(pl.DataFrame({"key": [f"k{i}"], "value": [i]}))
+    parts = table.parts()
+    assert big in parts and big.stat().st_ino == big_stat.st_ino  # untouched
+    assert len(parts) == KEPT_LARGEST_PARTS + 1
+    loaded = table.load()
+    assert loaded is not None and loaded.height == 5000 + MAX_PARTS
+    assert table.count_missing(pl.Series(["big7", "k3", "new", "new"])) == 1
+    table.compact(keep_largest=0)
+    assert len(table.parts()) == 1 and table.load().height == 5000 + MAX_PARTS  # type: ignore[union-attr]
 
 
 def test_blobs_are_stored_once_linked_into_outputs_and_read_only(tmp_path: Path):

@@ -108,3 +108,13 @@ def test_image_checks_from_worker_processes_equal_those_made_here(photos, tmp_pa
     assert here.equals(there)
     assert here["reason"].to_list()[-2:] == ["undecodable", "missing_file"]
     assert here["sha256"].to_list()[0] == hashlib.sha256(photos[0].read_bytes()).hexdigest()
+
+
+def test_a_job_with_few_new_items_asks_for_one_thread():
+    from geolocsft.parallel import PARALLEL_FROM_NEW_ITEMS, threads_for_new_items
+
+    assert threads_for_new_items(2, None) == 2  # inputs not made yet: the rule's threads
+    assert threads_for_new_items(2, PARALLEL_FROM_NEW_ITEMS) == 2
+    assert threads_for_new_items(2, PARALLEL_FROM_NEW_ITEMS - 1) == 1
+    assert threads_for_new_items(8, 0) == 1
+    assert threads_for_new_items(8, 5, parallel_from=5) == 8

@@ -23,6 +23,7 @@ from geolocsft.sft.dataset import (
     assistant_text,
     build_dataset,
     images_of_part,
+    new_items,
     prepare_media,
     select_images,
     write_samples,
@@ -290,6 +291,34 @@ def test_dataset_files_are_the_bytes_of_indented_json_whatever_the_strings(tmp_p
         write_samples(tmp_path / "geo.json", chosen)
         expected = json_bytes(chosen, indent=1, sort_keys=False)
         assert (tmp_path / "geo.json").read_bytes() == expected
+
+
+def test_new_items_counts_the_media_and_caption_files_a_build_would_do_anew(tmp_path):
+    """What the dataset job's thread count is chosen from (rules/sft.smk: one thread when few
+    images are new): the media not in the memo and the caption files whose text is not."""
+    captions = tmp_path / "captions"
+    ids = [f"i{n}" for n in range(4)]
+    images = {i: write_photo(tmp_path / "images" / f"{i}.jpg", seed=n) for n, i in enumerate(ids)}
+    for image_id in ids:
+        caption_file(captions, image_id, 1.0, 1.0, thinking=True)
+
+    def hashed_index(image_ids: list[str]) -> pl.DataFrame:
+        hashes = [file_sha256(captions / f"{i}.json") for i in image_ids]
+        return index_of(image_ids).with_columns(pl.Series("caption_sha256", hashes))
+
+    settings = configured(DatasetSettings, name="geo", target="full")
+    memo = tmp_path / "memo"
+    every = manifest_of(images)
+    assert new_items(every, hashed_index(ids), settings, memo) == 4  # an empty memo
+    build_dataset(
+        manifest_of({i: images[i] for i in ids[:3]}), hashed_index(ids[:3]), captions,
+        "Where?\n", settings, tmp_path / "out", memo_dir=memo, progress=False, workers=1,
+    )  # fmt: skip
+    assert new_items(every, hashed_index(ids), settings, memo) == 1  # i3: its media and text
+    caption_file(captions, "i0", 2.0, 2.0, thinking=True)  # a caption that changed
+    assert new_items(every, hashed_index(ids), settings, memo) == 2  # the texts of i0 and i3
+    assert new_items(every, index_of(ids), settings, memo) == 4  # no hashes: every file is read
+    assert new_items(every, hashed_index(ids), settings, memo, excluded_ids={"i3"}) == 1
 
 
 def test_a_rebuild_reads_only_caption_files_it_has_not_seen(tmp_path, monkeypatch):

@@ -190,6 +190,22 @@ def test_rerun_is_a_no_op_and_a_code_change_reruns_only_its_rules(demo_run, tmp_
     }
 
 
+def test_image_jobs_with_few_new_images_ask_snakemake_for_one_thread(demo_run):
+    """The demo has fewer images than scale_out.parallel_from_new_items: the features and
+    dataset jobs, whose threads are counted from the memo when they are scheduled, each had one
+    thread; ingest (a fixed two) had both cores."""
+    provenance = demo_run / "results" / "audit" / "provenance"
+
+    def threads(rule: str) -> list[int]:
+        records = sorted((provenance / rule).glob("*.json"))
+        assert records, rule
+        return [json.loads(record.read_text())["threads"] for record in records]
+
+    assert threads("image_features") == [1]
+    assert set(threads("sft_dataset")) == {1}
+    assert set(threads("ingest_corpus")) == {2}
+
+
 def _reversed_keys(value: object) -> object:
     if isinstance(value, dict):
         return {k: _reversed_keys(value[k]) for k in reversed(list(value))}

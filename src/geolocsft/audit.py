@@ -294,8 +294,10 @@ def job_record(
     outputs: Sequence[str],
     params: Mapping[str, Any],
     hashes: FileHashes | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of a finished job (``outputs`` without the record itself)."""
+    """The provenance record of a finished job (``outputs`` without the record itself;
+    ``threads``: the cores Snakemake gave it)."""
     recorded: dict[str, Any] = to_jsonable(dict(params))
     code = recorded.pop("code", None)
     modules, code_digest = split_code_version(code) if isinstance(code, str) else ([], None)
@@ -322,6 +324,7 @@ def job_record(
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "threads": threads,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -87,6 +87,15 @@ def feature_memo(memo_dir: Path, settings: FeatureSettings) -> ItemTable:
     return ItemTable(memo_dir, "knn_features", version)
 
 
+def new_contents(manifest_path: Path, settings: FeatureSettings, memo_dir: Path) -> int | None:
+    """How many distinct image contents of a manifest :func:`compute_features` would compute
+    (not in the memo); None while the manifest is not made yet."""
+    if not manifest_path.is_file():
+        return None
+    contents = pl.read_parquet(manifest_path, columns=["sha256"])["sha256"]
+    return feature_memo(memo_dir, settings).count_missing(contents)
+
+
 def _empty(settings: FeatureSettings, key: str) -> pl.DataFrame:
     return pl.DataFrame(schema={key: pl.String, "features": pl.Array(pl.Float32, settings.width)})
 

@@ -47,8 +47,12 @@ LINK_THREADS = 2
 LINK_BATCH = 2048
 #: From this many blobs on, :meth:`BlobStore.present` lists the store instead of a stat each.
 PRESENT_BY_LISTING = 1_000
-#: Parts of an item table beyond which the next write compacts them into one.
+#: Parts of an item table beyond which the next write compacts the smaller ones.
 MAX_PARTS = 16
+#: The largest parts a compaction leaves as they are (size-tiered, as log-structured stores
+#: compact): a rerun's part of 100 records beside a million is merged with the other small
+#: parts, and the million are not rewritten.
+KEPT_LARGEST_PARTS = MAX_PARTS // 2 - 1
 _READ_ATTEMPTS = 5
 
 
@@ -92,6 +96,21 @@ class ItemTable:
                     raise
         return None
 
+    def count_missing(self, keys: pl.Series) -> int:
+        """How many distinct ``keys`` have no record (reads the key column only)."""
+        wanted = keys.cast(pl.String).unique().to_frame(self.key)
+        for attempt in range(_READ_ATTEMPTS):
+            parts = self.parts()
+            if not parts:
+                return wanted.height
+            try:
+                stored = pl.scan_parquet(parts).select(self.key)
+                return wanted.lazy().join(stored, on=self.key, how="anti").collect().height
+            except (FileNotFoundError, pl.exceptions.ComputeError):
+                if attempt == _READ_ATTEMPTS - 1 or all(p.exists() for p in parts):
+                    raise
+        return wanted.height
+
     def add(self, records: pl.DataFrame) -> None:
         """Store new records (one new part; compacted when there are many)."""
         if records.height == 0:
@@ -104,15 +123,18 @@ class ItemTable:
         if len(self.parts()) > MAX_PARTS:
             self.compact()
 
-    def compact(self) -> None:
-        """Merge the parts into one. One job compacts at a time (a lock file); a job that finds
-        the lock taken leaves it to the other. Readers see the old parts or the merged one."""
+    def compact(self, keep_largest: int = KEPT_LARGEST_PARTS) -> None:
+        """Merge the parts into one, all but the ``keep_largest`` largest (0: every part).
+
+        One job compacts at a time (a lock file); a job that finds the lock taken leaves it to
+        the other. Readers see the old parts or the merged one."""
         with (self.folder / ".compact.lock").open("w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return
-            parts = self.parts()
+            by_size = sorted(self.parts(), key=lambda part: (part.stat().st_size, part.name))
+            parts = by_size[: max(len(by_size) - keep_largest, 0)]
             if len(parts) < 2:
                 return
             merged = pl.scan_parquet(parts).unique(self.key, keep="first").collect()

@@ -25,6 +25,11 @@ Result = TypeVar("Result")
 
 #: Below this many items, starting workers costs more than it saves: they run in this process.
 MIN_ITEMS_FOR_WORKERS = 64
+#: A job with fewer new items than this (the rest reused from the memo) asks Snakemake for one
+#: thread (config ``scale_out.parallel_from_new_items``): its work is then mostly a pass over
+#: known items, which one core does as fast, and the other cores run other jobs meanwhile (see
+#: :func:`threads_for_new_items`).
+PARALLEL_FROM_NEW_ITEMS = 1_000
 #: Items per task sent to a worker: large enough to amortise the pickling, small enough that
 #: the workers finish together.
 MAX_CHUNK = 256
@@ -55,3 +60,17 @@ def map_in_processes(
         # After a failure (or when the caller stops early) the chunks not started are dropped.
         pool.shutdown(wait=True, cancel_futures=True)
         gc.unfreeze()
+
+
+def threads_for_new_items(
+    most: int, new_items: int | None, parallel_from: int = PARALLEL_FROM_NEW_ITEMS
+) -> int:
+    """The threads a per-item job asks for: ``most``, or one when it has fewer than
+    ``parallel_from`` items to compute (``None``: not known yet, ``most``).
+
+    A rerun that adds 100 images to 100,000 leaves each image stage a pass over known items with
+    little to compute; declared with one thread, it runs beside the next job instead of holding
+    every core for work that does not use them."""
+    if new_items is None or new_items >= parallel_from:
+        return most
+    return 1

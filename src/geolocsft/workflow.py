@@ -65,7 +65,13 @@ def write_provenance(smk: Any) -> None:
     params = {name: value for name, value in smk.params.items()}
     hashes = FileHashes.in_memo(Path(smk.config["memo"]["dir"]))
     record = job_record(
-        smk.rule, dict(smk.wildcards.items()), list(smk.input), outputs, params, hashes
+        smk.rule,
+        dict(smk.wildcards.items()),
+        list(smk.input),
+        outputs,
+        params,
+        hashes,
+        threads=getattr(smk, "threads", None),
     )
     hashes.save()
     atomic_write_json(record_path, record)

@@ -211,6 +211,27 @@ class AssistantTexts:
         return texts  # type: ignore[return-value]
 
 
+def new_items(
+    manifest: pl.DataFrame,
+    caption_index: pl.DataFrame,
+    settings: DatasetSettings,
+    memo_dir: Path,
+    excluded_ids: Collection[str] = frozenset(),
+) -> int:
+    """How many of a dataset's images :func:`build_dataset` would prepare or read anew: the
+    larger of the media not in the memo and the caption files whose text is not (the work it
+    does in worker processes; the rest is linked from the memo)."""
+    images = select_images(manifest, caption_index, settings, excluded_ids).images
+    media = ItemTable(memo_dir, "sft_media", media_memo_version(settings))
+    new_media = media.count_missing(images["sha256"])
+    texts = AssistantTexts(memo_dir, settings.target)
+    columns = (images["caption_sha256"], images["lat"], images["lon"])
+    keys = [texts.key(sha, lat, lon) for sha, lat, lon in zip(*columns, strict=True) if sha]
+    unknown = images.height - len(keys)  # an index from before caption_sha256: always read
+    new_texts = texts.table.count_missing(pl.Series(keys, dtype=pl.String)) + unknown
+    return max(new_media, new_texts)
+
+
 def image_preparation(settings: DatasetSettings) -> ImagePreparation:
     """How the dataset's photos are prepared: also what prediction applies (same pixels)."""
     return ImagePreparation(
