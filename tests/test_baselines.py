@@ -136,16 +136,21 @@ def test_training_set_leaves_out_excluded_images() -> None:
         training_set(manifest, frozenset({"a", "b"}))
 
 
-def test_knn_and_medoid_predict_training_locations(tmp_path) -> None:
-    rng = np.random.default_rng(1)
-    n = 60
-    train = pl.DataFrame(
+def random_training_places(n: int, seed: int) -> pl.DataFrame:
+    """``n`` training images ``t0..`` at seeded random places."""
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
         {
             "image_id": [f"t{i}" for i in range(n)],
             "lat": rng.uniform(-60, 60, n),
             "lon": rng.uniform(-170, 170, n),
         }
     )
+
+
+def test_knn_and_medoid_predict_training_locations(tmp_path) -> None:
+    n = 60
+    train = random_training_places(n, seed=1)
     x = clustered(n, 7)
     feats = pl.DataFrame(
         {"image_id": train["image_id"], "features": pl.Series(x, dtype=pl.Array(pl.Float32, 32))}
@@ -172,15 +177,8 @@ def test_knn_reads_features_files_in_batches_and_names_missing_ones(
     import geolocsft.baselines as baselines_module
 
     monkeypatch.setattr(baselines_module, "FEATURE_BATCH_ROWS", 7)
-    rng = np.random.default_rng(3)
     n = 40
-    train = pl.DataFrame(
-        {
-            "image_id": [f"t{i}" for i in range(n)],
-            "lat": rng.uniform(-60, 60, n),
-            "lon": rng.uniform(-170, 170, n),
-        }
-    )
+    train = random_training_places(n, seed=3)
     feats = pl.DataFrame(
         {
             "image_id": train["image_id"],
