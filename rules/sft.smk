@@ -72,10 +72,10 @@ rule sft_dataset:
         "logs/sft/dataset-{sft_dataset}.log",
     benchmark:
         "results/runtime/sft/dataset-{sft_dataset}.tsv"
-    conda:
-        "../envs/captions.yaml"
     # The captions, then the dataset, are the longest chain of a rerun (rules/geocaption.smk).
     priority: 1
+    conda:
+        "../envs/captions.yaml"
     threads: dataset_threads(2)
     params:
         captioner=CAPTIONER,
