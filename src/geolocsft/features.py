@@ -137,11 +137,14 @@ def compute_features(
     are computed (each distinct content once) and stored.
     """
     workers = workers or os.cpu_count() or 1
-    contents = manifest.select("sha256", "path").unique("sha256", keep="first", maintain_order=True)
     memo = feature_memo(memo_dir, settings) if memo_dir is not None else None
-    known = memo.load(contents["sha256"]) if memo is not None else None
+    known = memo.load(manifest["sha256"]) if memo is not None else None
     have = known if known is not None else _empty(settings, "key")
-    todo = contents.join(have.select(pl.col("key").alias("sha256")), on="sha256", how="anti")
+    todo = (
+        manifest.select("sha256", "path")
+        .join(have.select(pl.col("key").alias("sha256")), on="sha256", how="anti")
+        .unique("sha256", keep="first", maintain_order=True)
+    )
     new = pl.DataFrame(
         {
             "key": todo["sha256"],
@@ -159,11 +162,19 @@ def compute_features(
         have.height,
         manifest.height,
     )
-    vectors = pl.concat([have, new]).rename({"key": "sha256"})
-    joined = manifest.select("image_id", "sha256").join(
-        vectors, on="sha256", how="left", maintain_order="left"
+    # Each image's row among the vectors by a join of the keys only, then one gather of the
+    # vectors: a join of the vectors themselves held them twice more (at a million, 0.5 GB each).
+    vectors = pl.concat([have, new], rechunk=False)
+    del known, have
+    rows = manifest.select("sha256").join(
+        vectors.select(pl.col("key").alias("sha256")).with_row_index("row"),
+        on="sha256",
+        how="left",
+        maintain_order="left",
+    )["row"]
+    return pl.DataFrame(
+        {"image_id": manifest["image_id"], "features": vectors["features"].gather(rows)}
     )
-    return joined.select("image_id", "features")
 
 
 def part_rows(manifest: pl.DataFrame, part: int, parts: int) -> pl.DataFrame:

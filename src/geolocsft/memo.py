@@ -85,16 +85,32 @@ class ItemTable:
             parts = self.parts()
             if not parts:
                 return None
-            frame = pl.scan_parquet(parts)
-            if keys is not None:
-                wanted = pl.Series(self.key, keys, dtype=pl.String).unique()
-                frame = frame.join(wanted.to_frame().lazy(), on=self.key, how="semi")
             try:
-                return frame.unique(self.key, keep="first", maintain_order=True).collect()
+                return self._read(parts, keys)
             except (FileNotFoundError, pl.exceptions.ComputeError):
                 if attempt == _READ_ATTEMPTS - 1 or all(p.exists() for p in parts):
                     raise
         return None
+
+    def _read(self, parts: list[Path], keys: Sequence[str] | pl.Series | None) -> pl.DataFrame:
+        """The first record of each (wanted) key, in the parts' order. The keys are read first
+        and the records then taken by row: a join would copy every wanted record once more (a
+        million 128-float vectors: 0.5 GB), and when every record is wanted nothing is copied."""
+        stored = pl.scan_parquet(parts).select(self.key).collect()[self.key]
+        keep = stored.is_first_distinct()
+        if keys is not None:
+            wanted = pl.Series(self.key, keys, dtype=pl.String).unique()
+            keep = keep & stored.is_in(wanted.implode())
+        records = pl.scan_parquet(parts)
+        if keep.all():
+            return records.collect()
+        rows = keep.arg_true()
+        return (
+            records.with_row_index("__row")
+            .filter(pl.col("__row").is_in(rows.implode()))
+            .drop("__row")
+            .collect()
+        )
 
     def count_missing(self, keys: pl.Series) -> int:
         """How many distinct ``keys`` have no record (reads the key column only)."""
