@@ -27,3 +27,13 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Snakemake's job-rate limiter leaves a one-second timer that the process would wait for after
+# the last job (geolocsft.workflow.cancel_pending_timers): nothing is left for it to wake.
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()

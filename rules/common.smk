@@ -25,7 +25,7 @@ from geolocsft.hub.unpacking import ACQUIRED_COLUMNS
 from geolocsft.image_folder import combined_digest, listing_digests
 from geolocsft.tables import ColumnMap, check_table_columns
 from geolocsft.settings import canonical, with_defaults
-from geolocsft.workflow import script_code
+from geolocsft.workflow import cancel_pending_timers, script_code
 
 # One canonical form (sorted keys, numbers as the schema types them, nested `--config` values,
 # which Snakemake passes as text, typed by the schema): config blocks are params, and the same

@@ -206,6 +206,24 @@ def test_image_jobs_with_few_new_images_ask_snakemake_for_one_thread(demo_run):
     assert set(threads("ingest_corpus")) == {2}
 
 
+def test_the_workflow_cancels_timers_left_waiting_when_it_ends():
+    """The Snakefile's onsuccess/onerror handlers cancel what would keep the process alive
+    after the last job: a timer armed for a minute ends at once and never fires."""
+    import threading
+
+    from geolocsft.workflow import cancel_pending_timers
+
+    fired = threading.Event()
+    timer = threading.Timer(60.0, fired.set)
+    timer.start()
+    assert cancel_pending_timers() >= 1
+    timer.join(timeout=5.0)
+    assert not timer.is_alive() and not fired.is_set()
+    snakefile = (REPO / "Snakefile").read_text()
+    assert "onsuccess:\n    cancel_pending_timers()" in snakefile
+    assert "onerror:\n    cancel_pending_timers()" in snakefile
+
+
 def _reversed_keys(value: object) -> object:
     if isinstance(value, dict):
         return {k: _reversed_keys(value[k]) for k in reversed(list(value))}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,18 @@ def run_script(smk: Any, main: Callable[[Any], None]) -> None:
             "rule %s failed with an unexpected error (a bug: please report it)", smk.rule
         )
         raise
+
+
+def cancel_pending_timers() -> int:
+    """Cancel the :class:`threading.Timer` threads still waiting in this process; how many.
+
+    Snakemake's job-rate limiter (``--max-jobs-per-timespan``, default ``100/1s``) arms a
+    one-second timer on every scheduler pass to wake the scheduler again, and Python waits for
+    the last one before the process exits: about a second after the last job of every run,
+    which a rerun that adds a few images feels. Called from the Snakefile's ``onsuccess`` and
+    ``onerror`` handlers, when no job is left for a timer to wake. (The limit cannot be given a
+    shorter timespan: Snakemake 9.27 reads ``100/100ms`` as 100 minutes.)"""
+    pending = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+    for timer in pending:
+        timer.cancel()
+    return len(pending)
