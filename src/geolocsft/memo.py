@@ -31,16 +31,17 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
 from geolocsft.io import canonical_sha256
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Threads that link blobs into an output folder, and links per task.
 LINK_THREADS = 2
@@ -81,16 +82,21 @@ class ItemTable:
         Another job (a part job beside this one) may compact the parts meanwhile: a part that
         vanishes between listing and reading makes the read start again on the new parts.
         """
+        return self._on_parts(lambda parts: self._read(parts, keys), None)
+
+    def _on_parts(self, read: Callable[[list[Path]], T], empty: T) -> T:
+        """``read(parts)``, again on the new parts when another job compacted them meanwhile
+        (a part vanished between listing and reading); ``empty`` when there are none."""
         for attempt in range(_READ_ATTEMPTS):
             parts = self.parts()
             if not parts:
-                return None
+                return empty
             try:
-                return self._read(parts, keys)
+                return read(parts)
             except (FileNotFoundError, pl.exceptions.ComputeError):
                 if attempt == _READ_ATTEMPTS - 1 or all(p.exists() for p in parts):
                     raise
-        return None
+        return empty
 
     def _read(self, parts: list[Path], keys: Sequence[str] | pl.Series | None) -> pl.DataFrame:
         """The first record of each (wanted) key, in the parts' order. The keys are read first
@@ -115,17 +121,12 @@ class ItemTable:
     def count_missing(self, keys: pl.Series) -> int:
         """How many distinct ``keys`` have no record (reads the key column only)."""
         wanted = keys.cast(pl.String).unique().to_frame(self.key)
-        for attempt in range(_READ_ATTEMPTS):
-            parts = self.parts()
-            if not parts:
-                return wanted.height
-            try:
-                stored = pl.scan_parquet(parts).select(self.key)
-                return wanted.lazy().join(stored, on=self.key, how="anti").collect().height
-            except (FileNotFoundError, pl.exceptions.ComputeError):
-                if attempt == _READ_ATTEMPTS - 1 or all(p.exists() for p in parts):
-                    raise
-        return wanted.height
+
+        def missing(parts: list[Path]) -> int:
+            stored = pl.scan_parquet(parts).select(self.key)
+            return wanted.lazy().join(stored, on=self.key, how="anti").collect().height
+
+        return self._on_parts(missing, wanted.height)
 
     def add(self, records: pl.DataFrame) -> None:
         """Store new records (one new part; compacted when there are many)."""

@@ -170,6 +170,15 @@ class AssistantTexts:
     def key(caption_sha256: str, lat: float, lon: float) -> str:
         return hashlib.sha256(f"{caption_sha256}\0{lat!r}\0{lon!r}".encode()).hexdigest()
 
+    def keys(
+        self, caption_sha256s: Iterable[str | None], lats: Iterable[float], lons: Iterable[float]
+    ) -> list[str | None]:
+        """:meth:`key` of each caption file; None where its sha256 is not known (always read)."""
+        return [
+            self.key(sha, lat, lon) if sha else None
+            for sha, lat, lon in zip(caption_sha256s, lats, lons, strict=True)
+        ]
+
     def texts(
         self,
         caption_sha256s: Sequence[str | None],
@@ -177,10 +186,9 @@ class AssistantTexts:
         workers: int,
     ) -> list[str]:
         """The text of each caption file (path, true lat, true lon), in order."""
-        keys = [
-            self.key(sha, lat, lon) if sha else None
-            for sha, (_, lat, lon) in zip(caption_sha256s, caption_files, strict=True)
-        ]
+        keys = self.keys(
+            caption_sha256s, (f[1] for f in caption_files), (f[2] for f in caption_files)
+        )
         wanted = [k for k in keys if k is not None]
         stored = self.table.load(wanted) if wanted else None
         known = dict(zip(stored["key"], stored["text"], strict=True)) if stored is not None else {}
@@ -225,10 +233,10 @@ def new_items(
     media = ItemTable(memo_dir, "sft_media", media_memo_version(settings))
     new_media = media.count_missing(images["sha256"])
     texts = AssistantTexts(memo_dir, settings.target)
-    columns = (images["caption_sha256"], images["lat"], images["lon"])
-    keys = [texts.key(sha, lat, lon) for sha, lat, lon in zip(*columns, strict=True) if sha]
-    unknown = images.height - len(keys)  # an index from before caption_sha256: always read
-    new_texts = texts.table.count_missing(pl.Series(keys, dtype=pl.String)) + unknown
+    keys = texts.keys(images["caption_sha256"], images["lat"], images["lon"])
+    known = [key for key in keys if key is not None]
+    unknown = len(keys) - len(known)  # an index from before caption_sha256: always read
+    new_texts = texts.table.count_missing(pl.Series(known, dtype=pl.String)) + unknown
     return max(new_media, new_texts)
 
 
